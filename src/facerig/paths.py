@@ -1,0 +1,25 @@
+"""Where facerig finds data it may read but never ships: the shared folder and the model cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def shared_dir() -> Path:
+    """The shared data folder: ``$FACERIG_SHARED``, else ``../shared`` from the working directory."""
+    return Path(os.environ.get("FACERIG_SHARED", "../shared")).expanduser().resolve()
+
+
+def ict_dir() -> Path:
+    """ICT-FaceKit's FaceXModel folder: ``$FACERIG_ICT`` or ``<shared>/assets/ict-facekit``."""
+    env = os.environ.get("FACERIG_ICT")
+    return Path(env).expanduser().resolve() if env else shared_dir() / "assets" / "ict-facekit"
+
+
+def cache_dir() -> Path:
+    """Where derived files (imported face models) are cached: ``$FACERIG_CACHE`` or ``~/.cache/facerig``."""
+    env = os.environ.get("FACERIG_CACHE")
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "facerig"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
