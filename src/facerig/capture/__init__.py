@@ -1,0 +1,1 @@
+"""Capture: photo -> aligned crop -> fitted 3D face."""
