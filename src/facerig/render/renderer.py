@@ -1,0 +1,124 @@
+"""Physical buffers of DiffusionRig from face parameters: normal, albedo, shading, rendered, mask, depth.
+
+Conventions (DiffusionRig/DECA): background 0 in every buffer; ``normal`` is the unit surface normal in
+camera space (x right, y up, z towards the camera) in [-1, 1]; ``albedo`` in [0, 1]; ``shading`` is DECA's
+SH irradiance (``render.sh``); ``rendered`` = albedo x shading, not clamped; ``depth`` is the distance along
+the viewing axis in model units (metres); ``landmarks`` are the 68 model landmarks projected to pixel
+coordinates (x right, y down, pixel centres at +0.5). Cameras: DECA's orthographic
+ndc_xy = cam_scale * (xy + cam_t) (depth -(z + translation_z)), or a pinhole at the origin looking down -z,
+p = xyz + translation, ndc_xy = focal * p_xy / -p_z; then pixel = (ndc_x + 1) * S/2, (1 - ndc_y) * S/2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facerig.face3d.model import FaceGeometry, MorphableModel
+from facerig.face3d.params import FaceParams
+from facerig.render.rasterize import Fragments, rasterize
+from facerig.render.sh import sh_shading
+
+PROJECTIONS = ("orthographic", "perspective")
+
+
+@dataclass
+class RenderConfig:
+    image_size: int = 256
+    projection: str = "orthographic"
+    cull_backfaces: bool = True
+
+    def __post_init__(self):
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+
+
+@dataclass
+class Buffers:
+    normal: torch.Tensor  # (B,3,S,S)
+    albedo: torch.Tensor  # (B,3,S,S)
+    shading: torch.Tensor  # (B,3,S,S)
+    rendered: torch.Tensor  # (B,3,S,S)
+    mask: torch.Tensor  # (B,1,S,S)
+    depth: torch.Tensor  # (B,1,S,S)
+    landmarks: torch.Tensor  # (B,68,2) pixels
+
+    def condition(self) -> torch.Tensor:
+        """DiffusionRig's 9 conditioning channels, in ``facerig.dataset.BUFFER_NAMES`` order."""
+        from facerig.dataset import BUFFER_NAMES
+
+        return torch.cat([getattr(self, n) for n in BUFFER_NAMES], 1)
+
+    def images(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "landmarks"}
+
+
+def project(points: torch.Tensor, params: FaceParams, projection: str, image_size: int) -> torch.Tensor:
+    """Head-frame points (B,P,3) -> screen (B,P,3): pixel x, pixel y, depth along the viewing axis."""
+    if projection == "orthographic":
+        ndc = params.cam[:, None, :1] * (points[..., :2] + params.cam[:, None, 1:])
+        depth = -(points[..., 2] + params.translation[:, None, 2])
+    else:
+        cam_points = points + params.translation[:, None]
+        depth = -cam_points[..., 2]
+        ndc = params.focal[:, None] * cam_points[..., :2] / depth[..., None].clamp_min(1e-6)
+    half = image_size / 2
+    return torch.stack([(ndc[..., 0] + 1) * half, (1 - ndc[..., 1]) * half, depth], -1)
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals (B,V,3) for counter-clockwise triangles."""
+    v0, v1, v2 = vertices[:, faces[:, 0]], vertices[:, faces[:, 1]], vertices[:, faces[:, 2]]
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
+    n = torch.zeros_like(vertices)
+    for k in range(3):
+        n = n.index_add(1, faces[:, k], fn)
+    return F.normalize(n, dim=-1, eps=1e-12)
+
+
+class Renderer(nn.Module):
+    """FaceParams -> Buffers for one morphable model. Differentiable in every parameter but visibility."""
+
+    def __init__(self, model: MorphableModel, config: RenderConfig | None = None):
+        super().__init__()
+        self.model = model
+        self.config = config or RenderConfig()
+
+    def forward(self, params: FaceParams, albedo_texture: torch.Tensor | None = None) -> Buffers:
+        return self.render_geometry(self.model(params), params, albedo_texture)
+
+    def render_geometry(self, geometry: FaceGeometry, params: FaceParams, albedo_texture: torch.Tensor | None = None) -> Buffers:
+        """Buffers for given geometry; ``albedo_texture`` (B,3,T,T) replaces per-vertex albedo via the model's UVs."""
+        cfg, faces = self.config, self.model.faces
+        size = cfg.image_size
+        screen = project(geometry.vertices, params, cfg.projection, size)
+        frags = rasterize(screen, faces, size, size, cfg.projection == "perspective", cfg.cull_backfaces)
+        item = frags.pixel // (size * size)
+        normal = F.normalize(frags.interpolate(vertex_normals(geometry.vertices, faces), faces), dim=-1, eps=1e-12)
+        shading = sh_shading(normal, params.light[item])
+        depth = frags.interpolate(screen[..., 2:], faces)
+        mask = frags.mask()
+        if albedo_texture is not None:
+            if self.model.uv_faces.shape[0] != faces.shape[0]:
+                raise ValueError(f"the {self.model.name} model has no UV layout for texture albedo")
+            uv = frags.to_image(frags.interpolate_corners(self.model.uv_coords[self.model.uv_faces]))  # (B,2,S,S)
+            grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], -1)  # UV v is up, grid y is down
+            albedo = F.grid_sample(albedo_texture, grid, mode="bilinear", align_corners=False) * mask
+            normal, shading, depth = frags.to_image(torch.cat([normal, shading, depth], 1)).split([3, 3, 1], 1)
+        else:
+            albedo = frags.interpolate(geometry.albedo, faces)
+            normal, shading, depth, albedo = frags.to_image(torch.cat([normal, shading, depth, albedo], 1)).split([3, 3, 1, 3], 1)
+        return Buffers(
+            normal=normal,
+            albedo=albedo,
+            shading=shading,
+            rendered=albedo * shading,
+            mask=mask,
+            depth=depth,
+            landmarks=project(geometry.landmarks, params, cfg.projection, size)[..., :2],
+        )
