@@ -55,6 +55,7 @@ class _SparseMatrix:
 
 
 def _allowed() -> dict[tuple[str, str], object]:
+    import codecs
     import copyreg
 
     try:
@@ -77,6 +78,8 @@ def _allowed() -> dict[tuple[str, str], object]:
         table[(mod, "csc_matrix")] = _SparseMatrix
     for mod in ("scipy.sparse.csr", "scipy.sparse._csr"):
         table[(mod, "csr_matrix")] = sparse_csr
+    # Python 3 protocol-2 pickles store bytes as _codecs.encode(text, "latin1"): pure data.
+    table[("_codecs", "encode")] = codecs.encode
     # Python 2 pickles (FLAME's own) name the same things differently.
     table[("copy_reg", "_reconstructor")] = copyreg._reconstructor
     table[("__builtin__", "object")] = object

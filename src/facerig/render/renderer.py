@@ -11,6 +11,7 @@ p = xyz + translation, ndc_xy = focal * p_xy / -p_z; then pixel = (ndc_x + 1) * 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -93,7 +94,8 @@ class Renderer(nn.Module):
         return self.render_geometry(self.model(params), params, albedo_texture)
 
     def render_geometry(self, geometry: FaceGeometry, params: FaceParams, albedo_texture: torch.Tensor | None = None) -> Buffers:
-        """Buffers for given geometry; ``albedo_texture`` (B,3,T,T) replaces per-vertex albedo via the model's UVs."""
+        """Buffers for given geometry; ``albedo_texture`` (B,3,T,T*tiles) replaces per-vertex albedo via the
+        model's UVs."""
         cfg, faces = self.config, self.model.faces
         size = cfg.image_size
         screen = project(geometry.vertices, params, cfg.projection, size)
@@ -107,8 +109,10 @@ class Renderer(nn.Module):
             if self.model.uv_faces.shape[0] != faces.shape[0]:
                 raise ValueError(f"the {self.model.name} model has no UV layout for texture albedo")
             uv = frags.to_image(frags.interpolate_corners(self.model.uv_coords[self.model.uv_faces]))  # (B,2,S,S)
-            grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], -1)  # UV v is up, grid y is down
-            albedo = F.grid_sample(albedo_texture, grid, mode="bilinear", align_corners=False) * mask
+            # UDIM tiles (ICT's head is in u in [1, 2]) are laid side by side in the texture; v is up.
+            tiles = max(1, math.ceil(float(self.model.uv_coords[:, 0].max())))
+            grid = torch.stack([uv[:, 0] / tiles * 2 - 1, 1 - uv[:, 1] * 2], -1)
+            albedo = F.grid_sample(albedo_texture, grid, mode="bilinear", padding_mode="border", align_corners=False) * mask
             normal, shading, depth = frags.to_image(torch.cat([normal, shading, depth], 1)).split([3, 3, 1], 1)
         else:
             albedo = frags.interpolate(geometry.albedo, faces)
