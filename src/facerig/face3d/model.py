@@ -14,8 +14,18 @@ from torch import nn
 from facerig.face3d.params import FaceParams
 from facerig.face3d.rotation import axis_angle_to_matrix
 
-# Default skin albedo where a model has none: a mid skin tone (linear RGB); capture refines it per face.
+# Default skin albedo where a model has none: a mid skin tone; capture refines it per face.
 DEFAULT_SKIN_ALBEDO = (0.62, 0.45, 0.36)
+TINT_STEP = 0.1  # albedo change per unit coefficient of the default RGB-tint basis
+
+
+def tint_albedo_basis(n_vertices: int) -> torch.Tensor:
+    """The default albedo basis where a model ships none: one uniform mode per colour channel (3,V,3), so
+    capture can fit skin tone; a basis learned from photos can replace it (``set_albedo_model``)."""
+    basis = torch.zeros(3, n_vertices, 3)
+    for c in range(3):
+        basis[c, :, c] = TINT_STEP
+    return basis
 
 
 @dataclass
@@ -57,7 +67,7 @@ class MorphableModel(nn.Module):
         landmark_vertices: torch.Tensor,  # (68,3) long: vertex triple per landmark
         landmark_bary: torch.Tensor,  # (68,3) barycentric weights in that triple
         albedo_mean: torch.Tensor | None = None,  # (V,3)
-        albedo_basis: torch.Tensor | None = None,  # (A,V,3)
+        albedo_basis: torch.Tensor | None = None,  # (A,V,3); default: an RGB tint of the mean
         expression_names: list[str] | None = None,
         regions: dict[str, torch.Tensor] | None = None,
         uv_coords: torch.Tensor | None = None,  # (T,2) in [0,1]
@@ -76,7 +86,7 @@ class MorphableModel(nn.Module):
         if albedo_mean is None:
             albedo_mean = torch.tensor(DEFAULT_SKIN_ALBEDO).expand(n_vertices, 3).clone()
         self.register_buffer("albedo_mean", albedo_mean.float())
-        self.register_buffer("albedo_basis", (albedo_basis if albedo_basis is not None else torch.zeros(0, n_vertices, 3)).float())
+        self.register_buffer("albedo_basis", (albedo_basis if albedo_basis is not None else tint_albedo_basis(n_vertices)).float())
         self.expression_names = list(expression_names or [f"expr{i:03d}" for i in range(expression_basis.shape[0])])
         self.regions = {k: v.long() for k, v in (regions or {}).items()}
         self.register_buffer("uv_coords", uv_coords.float() if uv_coords is not None else torch.zeros(0, 2))
@@ -139,6 +149,16 @@ class MorphableModel(nn.Module):
     def articulate(self, vertices: torch.Tensor, params: FaceParams) -> torch.Tensor:
         """Hook for joints below the global pose; linear models have none."""
         return vertices
+
+    def points(self, params: FaceParams, index: torch.Tensor) -> torch.Tensor:
+        """Posed positions (B,len(index),3) of a few vertices, without building the whole mesh (fitting
+        landmarks needs ~10^2 of ~10^4 vertices); models with joints compute the mesh and pick."""
+        if type(self).articulate is not MorphableModel.articulate:
+            return self(params).vertices[:, index]
+        v = blend(self.template[index], self.shape_basis[:, index], params.shape)
+        if self.n_expression:
+            v = v + torch.einsum("bk,kvc->bvc", params.expression, self.expression_basis[:, index])
+        return rotate_vertices(v, params.rotation)
 
     def forward(self, params: FaceParams) -> FaceGeometry:
         v = blend(self.template, self.shape_basis, params.shape)

@@ -41,10 +41,11 @@ def sh_shading(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
 
 
 def directional_light(direction: torch.Tensor, intensity: float | torch.Tensor = 1.0, ambient: float | torch.Tensor = 0.0) -> torch.Tensor:
-    """SH code (B,9,3) of a distant light from ``direction`` (B,3) plus ambient, white.
+    """SH code (B,9,3) of a distant light from ``direction`` (B,3) plus ambient light.
 
-    The clamped-cosine lobe max(0, n.d) projected to bands 0-2 (Ramamoorthi & Hanrahan), expressed in DECA's
-    convention so ``sh_shading`` returns ~ ambient + intensity * max(0, n.d).
+    ``intensity`` and ``ambient`` are scalars, (B,) or per colour (B,3). The clamped-cosine lobe
+    max(0, n.d) projected to bands 0-2 (Ramamoorthi & Hanrahan), in DECA's convention, so ``sh_shading``
+    returns ~ ambient + intensity * max(0, n.d).
     """
     d = torch.nn.functional.normalize(direction, dim=-1)
     # A delta light projects to L_k = I Y_k(d) = I N_k p_k(d); shading multiplies by c_k = A_l N_k, which is
@@ -57,10 +58,14 @@ def directional_light(direction: torch.Tensor, intensity: float | torch.Tensor =
          0.5 * math.sqrt(15 / (4 * _PI)), math.sqrt(5 / (16 * _PI))],
         dtype=d.dtype, device=d.device,
     )
-    code = torch.as_tensor(intensity, dtype=d.dtype, device=d.device).reshape(-1, 1) * norms * p
-    ambient = torch.as_tensor(ambient, dtype=d.dtype, device=d.device).reshape(-1)
-    code = torch.cat([code[:, :1] * _PI + ambient[:, None] * math.sqrt(4 * _PI), code[:, 1:]], 1)
-    return code[:, :, None].expand(-1, 9, 3).contiguous()
+
+    def per_colour(v):
+        v = torch.as_tensor(v, dtype=d.dtype, device=d.device)
+        return (v[..., None] if v.dim() == 1 else v).expand(d.shape[0], 3) if v.dim() else v.expand(d.shape[0], 3)
+
+    lobe = (norms * p)[:, :, None] * per_colour(intensity)[:, None, :]  # (B,9,3)
+    dc = lobe[:, :1] * _PI + per_colour(ambient)[:, None, :] * math.sqrt(4 * _PI)
+    return torch.cat([dc, lobe[:, 1:]], 1)
 
 
 def dominant_direction(light: torch.Tensor) -> torch.Tensor:
