@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def _model_file(name: str) -> str:
@@ -58,12 +59,26 @@ class Face:
         return max(0, r - l) * max(0, b - t)
 
 
-def detect_faces(image: np.ndarray, upsample: int = 1) -> list[Face]:
-    """All frontal faces in an (H,W,3) uint8 RGB image, largest first."""
+def detect_faces(image: np.ndarray, upsample: int = 1, max_side: int | None = None) -> list[Face]:
+    """All frontal faces in an (H,W,3) uint8 RGB image, largest first.
+
+    ``upsample`` doubles the image that many times before detection (finds faces down to ~40 px at 1).
+    ``max_side`` runs the (costly) detector on a copy shrunk to that longer side; the landmarks are still
+    predicted on the full image, so they keep its precision.
+    """
+    import dlib
+
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"detect_faces needs an (H,W,3) uint8 RGB image, got {image.shape} {image.dtype}")
     image = np.ascontiguousarray(image)
-    rects, scores, _ = _detector().run(image, upsample, 0.0)
+    h, w = image.shape[:2]
+    f = 1.0 if max_side is None or max(h, w) <= max_side else max_side / max(h, w)
+    if f < 1.0:
+        small = np.asarray(Image.fromarray(image).resize((round(w * f), round(h * f)), Image.Resampling.BILINEAR, reducing_gap=2.0))
+        small_rects, scores, _ = _detector().run(small, upsample, 0.0)
+        rects = [dlib.rectangle(round(r.left() / f), round(r.top() / f), round(r.right() / f), round(r.bottom() / f)) for r in small_rects]
+    else:
+        rects, scores, _ = _detector().run(image, upsample, 0.0)
     faces = []
     for rect, score in zip(rects, scores):
         shape = _predictor()(image, rect)
