@@ -9,6 +9,9 @@ import sys
 # Modules with a ``register(subparsers)`` function; each adds its own subcommands.
 COMMAND_MODULES = [
     "facerig.render.commands",
+    "facerig.capture.commands",
+    "facerig.eval.commands",
+    "facerig.diffusion.commands",
 ]
 
 

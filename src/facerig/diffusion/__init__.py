@@ -1,0 +1,9 @@
+"""DiffusionRig (CVPR 2023): a buffer- and latent-conditioned diffusion model for rigged portrait editing.
+
+Images are in [-1,1]; buffers are 9 channels in ``facerig.dataset.BUFFER_NAMES`` order (rendered, normal,
+albedo), as the official code concatenates them. Modules: ``unet`` (the denoiser), ``encoder`` (ResNet-18
+global latent), ``model`` (``DiffusionRig``, named configs, official checkpoint I/O), ``process``
+(schedulers, loss, samplers, DDIM inversion), ``checkpoint`` (facerig checkpoints, ``load_checkpoint``),
+``train`` (both training stages), ``commands`` (``facerig train``). Import from the modules: this package
+imports nothing eagerly, so ``facerig --help`` stays fast (diffusers takes seconds to import).
+"""

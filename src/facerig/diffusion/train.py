@@ -1,0 +1,442 @@
+"""DiffusionRig training, both stages, on a capture dataset folder; one process on CPU or any ``torchrun``.
+
+- Stage 1 learns generic face priors on a large capture dataset (lr 1e-4): denoiser and encoder train jointly.
+- Stage 2 fine-tunes a stage-1 checkpoint (``init``) on one person's album (lr 1e-5): the encoder is frozen
+  and kept in eval mode, so its weights AND BatchNorm statistics stay bit-identical; only the denoiser
+  learns. The album's shared identity shape is already in the album dataset's buffers (``facerig capture``
+  fits one shape per album), so nothing here treats it specially.
+
+Conventions: items are ``{"image": (3,S,S) in [-1,1], "buffers": (9,S,S) rendered|normal|albedo, "mask"}``,
+resized to the model's image size when the dataset's differs. The loss is the P2-weighted epsilon MSE
+(``process.training_loss``), Adam, gradient clipping, optional EMA and bf16 autocast.
+
+Exact resumption: the data order is a pure function of (seed, epoch) through ``DistributedSampler``; the
+position inside the epoch, the optimizer, EMA, the model and every RNG the step consumes (the noise/timestep
+generator and the global RNG that drives dropout, per process) are checkpointed, so a run killed and resumed
+on CPU ends bit-identical to an uninterrupted one (same machine and torch thread count: float reductions
+depend on them; CUDA kernels are not bitwise deterministic anyway). ``steps`` is the total step count.
+
+Distributed: with ``WORLD_SIZE`` in the environment (``torchrun``), the process group is initialized from
+the environment (NCCL on CUDA, gloo on CPU), each process takes ``batch_size`` items per step from its share
+of every epoch, and rank 0 writes logs, previews and checkpoint files (each rank writes its RNG state).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from facerig.dataset import CaptureDataset
+from facerig.diffusion.checkpoint import (
+    EMA_FILE, LATEST_FILE, MODEL_FILE, checkpoint_dir, load_checkpoint, read_tensors, read_weights, save_weights,
+)
+from facerig.diffusion.model import DiffusionRig, ModelConfig, get_config, global_latent, load_state_dict_checked
+from facerig.diffusion.process import denoiser_fn, make_scheduler, sample, training_loss
+from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
+
+STAGE_LR = {1: 1e-4, 2: 1e-5}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: str | None = None  # named config; None: the init checkpoint's, else "paper"
+    stage: int = 1
+    steps: int = 50_000  # total optimizer steps of the run (a resumed run continues up to it)
+    batch_size: int = 4  # per process
+    lr: float | None = None  # None: 1e-4 for stage 1, 1e-5 for stage 2
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    p2_gamma: float = 1.0  # the paper trains with P2 weighting gamma=1, k=1; gamma=0 is plain MSE
+    p2_k: float = 1.0
+    ema: float | None = None  # EMA decay, e.g. 0.9999
+    bf16: bool = False
+    init: str | None = None  # weights to start from (facerig run/checkpoint or official .pt); stage 2 needs it
+    resume: bool = False
+    seed: int = 0
+    sample_every: int = 1000
+    sample_steps: int = 20
+    ckpt_every: int = 5000
+    holdout: int = 4  # last N dataset items are never trained on; they make the preview grids
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    device: str | None = None  # single-process only; None: CUDA when available
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, not {self.stage}")
+        for name in ("steps", "batch_size", "sample_every", "sample_steps", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"ema decay must be in (0,1), not {self.ema}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else STAGE_LR[self.stage]
+
+
+class _Resized(Dataset):
+    """Dataset items resized to ``size`` (bilinear with antialiasing; the mask nearest)."""
+
+    def __init__(self, base: Dataset, indices: list[int], size: int, source_size: int):
+        self.base, self.indices, self.size, self.resize = base, indices, size, size != source_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.base[self.indices[i]]
+        if not self.resize:
+            return item
+        s = (self.size, self.size)
+        lin = lambda x: F.interpolate(x[None], s, mode="bilinear", antialias=True, align_corners=False)[0]  # noqa: E731
+        return {"image": lin(item["image"]).clamp(-1, 1), "buffers": lin(item["buffers"]),
+                "mask": F.interpolate(item["mask"][None], s, mode="nearest")[0]}
+
+
+@dataclass
+class _Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _setup_distributed(cfg: TrainConfig) -> _Dist:
+    if "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            cuda = device.type == "cuda"
+            dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        return _Dist(rank, world, local_rank, device)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return _Dist(0, 1, 0, device)
+
+
+# ---- optimizer and RNG state without pickle: tensors to safetensors, the rest to JSON ----
+
+def optimizer_state_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, other = {}, {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{idx}.{name}"] = value
+            else:
+                other.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "state": other}
+
+
+def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {int(i): dict(v) for i, v in meta["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch_cpu": torch.get_rng_state(), "noise_generator": generator.get_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    generator.set_state(state["noise_generator"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+class Trainer:
+    """One training run; ``run()`` trains to ``cfg.steps`` and returns the final checkpoint folder."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.d = _setup_distributed(cfg)
+        self.out = Path(cfg.out)
+        self.log_path = self.out / "log.jsonl"
+        resume_dir = self._resume_dir()
+
+        init_model, model_cfg = None, None
+        if resume_dir is not None:
+            _, model_cfg, _ = read_weights(resume_dir / MODEL_FILE)
+        elif cfg.init:
+            init_model, model_cfg = load_checkpoint(cfg.init, prefer_ema=True, config=cfg.model or "paper")
+        elif cfg.stage == 2:
+            raise ValueError("stage 2 fine-tunes a stage-1 model: give init (--init CKPT)")
+        if model_cfg is None:
+            model_cfg = get_config(cfg.model or "paper")
+        elif cfg.model is not None and get_config(cfg.model) != model_cfg:
+            raise ValueError(f"config {cfg.model!r} differs from the checkpoint's model config {model_cfg}")
+        self.model_cfg: ModelConfig = model_cfg
+
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model = DiffusionRig(model_cfg)
+        if init_model is not None:
+            self.model.load_state_dict(init_model.state_dict())
+        self.model.to(self.d.device)
+        if cfg.stage == 2:
+            self.model.encoder.requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.ema_model = None
+        if cfg.ema is not None:
+            self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.scheduler = make_scheduler("ddpm")
+
+        # Per-rank RNGs: dropout draws from the global RNG, noise and timesteps from this generator.
+        torch.manual_seed(cfg.seed * 1_000_003 + self.d.rank)
+        self.generator = torch.Generator(self.d.device).manual_seed(cfg.seed * 1_000_003 + self.d.rank + 1)
+
+        self._setup_data()
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        if resume_dir is not None:
+            self._load(resume_dir)
+        elif self.d.main:
+            atomic_write_json(self.out / "config.json", {"train": asdict(cfg), "model": model_cfg.to_dict(),
+                                                         "world_size": self.d.world})
+            self.log_path.unlink(missing_ok=True)
+
+        self.ddp = self.model
+        if self.d.world > 1:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None)
+
+    # -- setup --
+
+    def _resume_dir(self) -> Path | None:
+        if not self.cfg.resume:
+            if (self.out / LATEST_FILE).exists():
+                raise ValueError(f"{self.out}: already holds a run's checkpoints; resume it or choose another out folder")
+            return None
+        if not (self.out / LATEST_FILE).exists():
+            if self.d.main:
+                print(f"facerig train: nothing to resume in {self.out} (no {LATEST_FILE}); starting fresh")
+            return None
+        return checkpoint_dir(self.out)
+
+    def _setup_data(self) -> None:
+        cfg, size = self.cfg, self.model_cfg.image_size
+        base = CaptureDataset(cfg.data)
+        n = len(base)
+        if n <= cfg.holdout:
+            raise ValueError(f"{cfg.data}: {n} items, but holdout={cfg.holdout} leaves none to train on")
+        train_idx = list(range(n - cfg.holdout))
+        preview_idx = list(range(n - cfg.holdout, n)) if cfg.holdout else train_idx[:4]
+        self.train_set = _Resized(base, train_idx, size, base.image_size)
+        self.preview_set = _Resized(base, preview_idx[:8], size, base.image_size)
+        self.sampler = DistributedSampler(self.train_set, num_replicas=self.d.world, rank=self.d.rank,
+                                          shuffle=True, seed=cfg.seed, drop_last=True)
+        self.batches_per_epoch = len(self.sampler) // cfg.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{cfg.data}: {len(self.train_set)} training items are fewer than batch size "
+                             f"{cfg.batch_size} x {self.d.world} processes")
+
+    def _epoch_loader(self) -> DataLoader:
+        """The rest of the current epoch, from ``batch_in_epoch`` on."""
+        self.sampler.set_epoch(self.epoch)
+        b = self.cfg.batch_size
+        indices = list(self.sampler)[self.batch_in_epoch * b : self.batches_per_epoch * b]
+        # A private generator: creating a loader must not draw from the global RNG (that drives dropout).
+        return DataLoader(self.train_set, batch_size=b, sampler=indices, num_workers=self.cfg.num_workers,
+                          drop_last=True, generator=torch.Generator(), pin_memory=self.d.device.type == "cuda")
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.stage == 2:
+            self.model.encoder.eval()  # frozen: BatchNorm must keep its running statistics
+
+    # -- the loop --
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        self._train_mode()
+        start = time.time()
+        last_dir = None
+        with tqdm(total=cfg.steps, initial=self.step, desc=f"stage {cfg.stage}", disable=not self.d.main) as bar:
+            while self.step < cfg.steps:
+                for batch in self._epoch_loader():
+                    record = self._train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    if self.batch_in_epoch == self.batches_per_epoch:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if self.d.main:
+                        record.update(step=self.step, epoch=self.epoch, elapsed_s=round(time.time() - start, 3))
+                        with open(self.log_path, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        bar.set_postfix(loss=f"{record['loss']:.4f}")
+                        bar.update(1)
+                    if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                        self._preview()
+                    if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                        last_dir = self._save()
+                    if self.step >= cfg.steps:
+                        break
+        return last_dir if last_dir is not None else checkpoint_dir(self.out)
+
+    def _train_step(self, batch: dict) -> dict:
+        cfg, dev = self.cfg, self.d.device
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = training_loss(self.ddp, batch, self.scheduler, cfg.p2_gamma, cfg.p2_k, self.generator)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        if self.ema_model is not None:
+            self._update_ema()
+        stats = torch.stack([out["loss"].detach().float(), out["mse"].float(), grad_norm.float()])
+        if self.d.world > 1:
+            dist.all_reduce(stats)
+            stats /= self.d.world
+        loss, mse, gnorm = stats.tolist()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {self.step + 1}: loss is {loss}")
+        return {"loss": loss, "mse": mse, "grad_norm": gnorm, "lr": self.opt.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.ema
+        for e, p in zip(self.ema_model.parameters(), self.model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+        for e, b in zip(self.ema_model.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    # -- previews --
+
+    @torch.no_grad()
+    def _preview(self) -> None:
+        """A PNG grid of held-out items, one per row: rendered buffer | DDIM sample | real photo."""
+        if not self.d.main:
+            return
+        model = self.ema_model if self.ema_model is not None else self.model
+        model.eval()
+        items = [self.preview_set[i] for i in range(len(self.preview_set))]
+        image = torch.stack([it["image"] for it in items]).to(self.d.device)
+        buffers = torch.stack([it["buffers"] for it in items]).to(self.d.device)
+        cond = {"buffers": buffers, "latent": global_latent(model, image)}
+        # Fixed noise on CPU (same every preview, and no draw from the training RNGs).
+        x_T = torch.randn(image.shape, generator=torch.Generator().manual_seed(self.cfg.seed)).to(self.d.device)
+        with torch.autocast(self.d.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            x0 = sample(denoiser_fn(model), x_T, cond, "ddim", self.cfg.sample_steps)
+        rows = [[to_uint8_image(buffers[i, :3], (0, 1)), to_uint8_image(x0[i], (-1, 1)), to_uint8_image(image[i], (-1, 1))]
+                for i in range(len(items))]
+        buf = io.BytesIO()
+        Image.fromarray(contact_sheet(rows)).save(buf, format="PNG")
+        atomic_write_bytes(self.out / "samples" / f"step_{self.step:08d}.png", buf.getvalue())
+        self._train_mode()
+
+    # -- checkpoints --
+
+    def _save(self) -> Path:
+        rel = f"checkpoints/step_{self.step:08d}"
+        ckdir = self.out / rel
+        rng = _rng_state(self.generator, self.d.device)
+        atomic_save_safetensors(rng, ckdir / f"rng.rank{self.d.rank}.safetensors")
+        if self.d.main:
+            save_weights(self.model.state_dict(), ckdir / MODEL_FILE, self.model_cfg, self.step)
+            if self.ema_model is not None:
+                save_weights(self.ema_model.state_dict(), ckdir / EMA_FILE, self.model_cfg, self.step)
+            tensors, opt_meta = optimizer_state_to_files(self.opt)
+            atomic_save_safetensors(tensors, ckdir / "trainer.safetensors")
+            atomic_write_json(ckdir / "trainer.json", {
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "world_size": self.d.world, "batch_size": self.cfg.batch_size, "stage": self.cfg.stage,
+                "ema": self.cfg.ema, "optimizer": opt_meta, "train_config": asdict(self.cfg),
+            })
+        self.d.barrier()
+        if self.d.main:
+            atomic_write_json(self.out / LATEST_FILE, {"checkpoint": rel, "step": self.step})
+            others = [p for p in sorted((self.out / "checkpoints").glob("step_*")) if p != ckdir]
+            # Folders past this step are leftovers of a killed run; of the rest keep the newest few.
+            stale = [p for p in others if p.name > ckdir.name]
+            older = [p for p in others if p.name < ckdir.name]
+            for path in stale + older[: max(0, len(older) - (self.cfg.keep_checkpoints - 1))]:
+                for f in path.iterdir():
+                    f.unlink()
+                path.rmdir()
+        return ckdir
+
+    def _load(self, ckdir: Path) -> None:
+        state, _, _ = read_weights(ckdir / MODEL_FILE)
+        load_state_dict_checked(self.model, state, str(ckdir / MODEL_FILE))
+        meta = json.loads((ckdir / "trainer.json").read_text())
+        if (meta["ema"] is None) != (self.ema_model is None):
+            raise ValueError(f"{ckdir}: checkpoint was trained with ema={meta['ema']}, resuming with ema={self.cfg.ema}")
+        if meta["stage"] != self.cfg.stage:
+            raise ValueError(f"{ckdir}: checkpoint is stage {meta['stage']}, resuming as stage {self.cfg.stage}")
+        if self.ema_model is not None:
+            ema_state, _, _ = read_weights(ckdir / EMA_FILE)
+            load_state_dict_checked(self.ema_model, ema_state, str(ckdir / EMA_FILE))
+        opt_tensors, _ = read_tensors(ckdir / "trainer.safetensors")
+        self.opt.load_state_dict(optimizer_state_from_files(opt_tensors, meta["optimizer"]))
+        self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        same_layout = meta["world_size"] == self.d.world and meta["batch_size"] == self.cfg.batch_size
+        if not same_layout and self.batch_in_epoch:
+            # The epoch's split over processes changed: the rest of that epoch can't be replayed exactly.
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if self.d.main:
+                print(f"facerig train: world size/batch size changed since {ckdir}; continuing at epoch {self.epoch}")
+        rng_path = ckdir / f"rng.rank{self.d.rank}.safetensors"
+        if rng_path.exists():
+            _set_rng_state(read_tensors(rng_path)[0], self.generator, self.d.device)
+        else:
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.d.rank + self.step)
+            self.generator.manual_seed(self.cfg.seed * 1_000_003 + self.d.rank + self.step + 1)
+        if self.d.main and self.log_path.exists():
+            # Drop the log lines of steps after the checkpoint (they are trained again).
+            lines = [ln for ln in self.log_path.read_text().splitlines()
+                     if ln.strip() and _log_step(ln) is not None and _log_step(ln) <= self.step]
+            atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in lines).encode())
+
+
+def _log_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) a run; returns its final checkpoint folder. Tears down the process group it made."""
+    made_group = "WORLD_SIZE" in os.environ and not dist.is_initialized()
+    try:
+        return Trainer(cfg).run()
+    finally:
+        if made_group and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,193 @@
+"""DiffusionRig's denoiser: the ADM UNet of guided-diffusion with a second, global-latent conditioning.
+
+Conventions (as in the official DiffusionRig code, whose state-dict keys these modules reproduce 1:1):
+
+- input: the noisy image ``x_t`` (3 channels, images live in [-1,1]) concatenated with the 9 physical buffer
+  channels in ``facerig.dataset.BUFFER_NAMES`` order (rendered, normal, albedo; unscaled: rendered and albedo
+  in [0,1], normals in [-1,1]), so 12 input channels; output: the predicted noise epsilon (3 channels).
+- ``t`` are integer diffusion steps in [0, 1000) fed to the sinusoidal embedding unscaled (cos half first).
+- every ResBlock applies, after its second GroupNorm, the time embedding's scale/shift and then the global
+  latent's scale/shift (``h * (1 + s) + b`` twice: FiLM, "scale-shift norm").
+- up/down-sampling is done inside ResBlocks (``resblock_updown``); attention is single-scale "legacy order"
+  QKV attention (heads split before q/k/v), computed with ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm with 32 groups computed in float32 (bf16/fp16 statistics are too coarse)."""
+
+    def __init__(self, channels: int):
+        super().__init__(32, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so its residual branch starts as the identity (ADM's init)."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) timesteps -> (B,dim) sinusoidal embedding, ``[cos | sin]`` as in guided-diffusion."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class ResBlock(nn.Module):
+    """Residual block with time-embedding and global-latent FiLM; optionally halves or doubles resolution."""
+
+    def __init__(self, channels: int, emb_channels: int, latent_dim: int, dropout: float,
+                 out_channels: int | None = None, up: bool = False, down: bool = False):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        if up and down:
+            raise ValueError("ResBlock: up and down are exclusive")
+        self.up, self.down = up, down
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(latent_dim, 2 * out_channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+            zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.up:
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        if self.up or self.down:
+            # Resample between the activation and the conv, and resample the skip path the same way.
+            h = self._resample(self.in_layers[:-1](x))
+            x = self._resample(x)
+            h = self.in_layers[-1](h)
+        else:
+            h = self.in_layers(x)
+        scale_t, shift_t = self.emb_layers(emb).type(h.dtype)[..., None, None].chunk(2, dim=1)
+        scale_z, shift_z = self.cond_emb_layers(latent).type(h.dtype)[..., None, None].chunk(2, dim=1)
+        h = self.out_layers[0](h)
+        h = h * (1 + scale_t) + shift_t
+        h = h * (1 + scale_z) + shift_z
+        return self.skip_connection(x) + self.out_layers[1:](h)
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention with guided-diffusion's legacy QKV layout (Conv1d projections)."""
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
+        super().__init__()
+        if num_head_channels != -1:
+            if channels % num_head_channels:
+                raise ValueError(f"attention: {channels} channels not divisible by num_head_channels {num_head_channels}")
+            num_heads = channels // num_head_channels
+        self.num_heads = num_heads
+        self.norm = GroupNorm32(channels)
+        self.qkv = nn.Conv1d(channels, channels * 3, 1)
+        self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        qkv = self.qkv(self.norm(x))
+        length = qkv.shape[-1]
+        # Legacy order: the 3C channels are grouped per head first, then split into q, k, v.
+        q, k, v = qkv.reshape(b, self.num_heads, 3 * c // self.num_heads, length).transpose(-1, -2).chunk(3, dim=-1)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, ch); scale 1/sqrt(ch) as in ADM
+        h = h.transpose(-1, -2).reshape(b, c, length)
+        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A Sequential whose ResBlocks also receive the time embedding and the global latent."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb, latent) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class DiffusionRigUNet(nn.Module):
+    """ADM UNet conditioned on physical buffers (concatenated to the input) and a global latent (FiLM).
+
+    ``attention_ds`` are the downsampling factors (image_size // resolution) at which attention is applied.
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int, model_channels: int, num_res_blocks: int,
+                 channel_mult: tuple[float, ...], attention_ds: tuple[int, ...], dropout: float,
+                 num_heads: int, num_head_channels: int, latent_dim: int):
+        super().__init__()
+        self.model_channels = model_channels
+        emb_dim = model_channels * 4
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        def res(ch: int, out: int, **kw) -> ResBlock:
+            return ResBlock(ch, emb_dim, latent_dim, dropout, out_channels=out, **kw)
+
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, num_heads=num_heads, num_head_channels=num_head_channels)
+
+        ch = input_ch = int(channel_mult[0] * model_channels)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        skip_chans = [ch]
+        ds = 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers: list[nn.Module] = [res(ch, int(mult * model_channels))]
+                ch = int(mult * model_channels)
+                if ds in attention_ds:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_chans.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(res(ch, ch, down=True)))
+                skip_chans.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(channel_mult))[::-1]:
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_chans.pop(), int(model_channels * mult))]
+                ch = int(model_channels * mult)
+                if ds in attention_ds:
+                    layers.append(attn(ch))
+                if level and i == num_res_blocks:
+                    layers.append(res(ch, ch, up=True))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), zero_init(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, buffers: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) noisy image, (B,) steps, (B,9,S,S) buffers, (B,latent_dim) latent -> (B,3,S,S) epsilon."""
+        if t.dim() == 0:
+            t = t.expand(x_t.shape[0])
+        emb = self.time_embed(timestep_embedding(t, self.model_channels))
+        h = torch.cat([x_t, buffers.to(x_t.dtype)], dim=1)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, latent)
+            skips.append(h)
+        h = self.middle_block(h, emb, latent)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, latent)
+        return self.out(h.type(x_t.dtype))

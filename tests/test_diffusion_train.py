@@ -1,0 +1,209 @@
+import argparse
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import facerig.diffusion.train as train_mod
+from facerig.dataset import ShardWriter
+from facerig.diffusion import commands
+from facerig.diffusion.checkpoint import load_checkpoint, read_tensors
+from facerig.diffusion.train import TrainConfig, optimizer_state_from_files, optimizer_state_to_files, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-threaded torch: on a busy 2-core machine two OpenMP threads slow tiny models down ~20x.
+
+    Module scope, so the module-scoped training runs below use it too: bit-identical resumption on CPU
+    holds for the same thread count (reduction order changes with it).
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
+    """A synthetic capture dataset written with the real ShardWriter (two shards)."""
+    g = torch.Generator().manual_seed(seed)
+    writer = ShardWriter(root, size)
+    for start in range(0, n, 4):
+        m = min(4, n - start)
+        writer.write({
+            "image": torch.randint(0, 256, (m, 3, size, size), generator=g, dtype=torch.uint8),
+            "rendered": torch.rand(m, 3, size, size, generator=g).half(),
+            "normal": (torch.rand(m, 3, size, size, generator=g) * 2 - 1).half(),
+            "albedo": torch.rand(m, 3, size, size, generator=g).half(),
+            "mask": torch.ones(m, 1, size, size, dtype=torch.uint8),
+        }, [{"key": f"img{start + i}", "source": f"img{start + i}.png"} for i in range(m)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    # 48 px: the tiny model's 64 px forces the resize path.
+    return make_dataset(tmp_path_factory.mktemp("data"), n=8, size=48)
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="tiny", steps=6, batch_size=2, holdout=2, ema=0.9,
+                sample_every=3, sample_steps=2, ckpt_every=2, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run: Path) -> list[tuple]:
+    return [(r["step"], r["loss"], r["mse"], r["grad_norm"])
+            for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def full_run(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    train(_cfg(dataset, out))
+    return out
+
+
+def test_run_writes_checkpoints_log_and_previews(full_run):
+    latest = json.loads((full_run / "latest.json").read_text())
+    assert latest == {"checkpoint": "checkpoints/step_00000006", "step": 6}
+    ck = full_run / latest["checkpoint"]
+    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "ema.safetensors", "trainer.safetensors",
+                                             "trainer.json", "rng.rank0.safetensors"}
+    meta = json.loads((ck / "trainer.json").read_text())
+    # 3 batches per epoch: after 6 steps, epoch 2 starts.
+    assert (meta["step"], meta["epoch"], meta["batch_in_epoch"]) == (6, 2, 0)
+    assert [s for s, *_ in _losses(full_run)] == [1, 2, 3, 4, 5, 6]
+    grid = Image.open(full_run / "samples" / "step_00000006.png")
+    assert grid.size == (3 * 66 + 2, 2 * 66 + 2)  # 2 held-out rows x (rendered | sample | real), 2 px gaps
+    model, cfg = load_checkpoint(full_run)
+    assert cfg.image_size == 64 and not model.training
+
+
+def test_kill_and_resume_is_bit_identical(dataset, full_run, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    calls = {"n": 0}
+    real_loss = train_mod.training_loss
+
+    def dying_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # killed during step 6: step 5 ran after the step-4 checkpoint and is lost
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "training_loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(dataset, out))
+    monkeypatch.setattr(train_mod, "training_loss", real_loss)
+    latest = out / json.loads((out / "latest.json").read_text())["checkpoint"]
+    meta = json.loads((latest / "trainer.json").read_text())
+    # 6 training items / batch 2 = 3 batches per epoch: the resume point is inside epoch 1.
+    assert (meta["step"], meta["epoch"], meta["batch_in_epoch"]) == (4, 1, 1)
+    with pytest.raises(ValueError, match="already holds"):
+        train(_cfg(dataset, out))  # no silent restart over a run
+    train(_cfg(dataset, out, resume=True))
+
+    ck_a, ck_b = full_run / "checkpoints" / "step_00000006", out / "checkpoints" / "step_00000006"
+    for name in ("model.safetensors", "ema.safetensors", "trainer.safetensors", "rng.rank0.safetensors"):
+        a, b = read_tensors(ck_a / name)[0], read_tensors(ck_b / name)[0]
+        assert a.keys() == b.keys(), name
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k}"
+    meta_a, meta_b = (json.loads((c / "trainer.json").read_text()) for c in (ck_a, ck_b))
+    assert meta_a["optimizer"] == meta_b["optimizer"]
+    position = ("step", "epoch", "batch_in_epoch")
+    assert [meta_a[k] for k in position] == [meta_b[k] for k in position]
+    assert _losses(out) == _losses(full_run)  # the lost step 5 was dropped from the log and redone
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
+
+
+def test_stage2_freezes_encoder_weights_and_statistics(dataset, full_run, tmp_path):
+    init, _ = load_checkpoint(full_run)  # EMA weights: what --init starts from
+    out = tmp_path / "stage2"
+    train(_cfg(dataset, out, stage=2, init=str(full_run), steps=2, ema=None, ckpt_every=2, sample_every=100))
+    tuned, _ = load_checkpoint(out)
+    before, after = init.state_dict(), tuned.state_dict()
+    enc = [k for k in before if k.startswith("encoder.")]
+    assert any(k.endswith("running_mean") for k in enc) and any(k.endswith("num_batches_tracked") for k in enc)
+    for k in enc:
+        assert torch.equal(before[k], after[k]), k
+    changed = [k for k in before if k.startswith("denoisingUNet.") and not torch.equal(before[k], after[k])]
+    assert len(changed) > 10
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["lr"] == 1e-5 for r in log)
+    meta = json.loads((out / "checkpoints" / "step_00000002" / "trainer.json").read_text())
+    n_opt = len(meta["optimizer"]["param_groups"][0]["params"])
+    assert n_opt == sum(1 for k, _ in init.named_parameters() if k.startswith("denoisingUNet."))
+
+
+def test_stage2_needs_init(dataset, tmp_path):
+    with pytest.raises(ValueError, match="init"):
+        train(_cfg(dataset, tmp_path / "x", stage=2))
+
+
+def test_too_small_dataset_is_a_clear_error(dataset, tmp_path):
+    with pytest.raises(ValueError, match="fewer than batch size"):
+        train(_cfg(dataset, tmp_path / "x", batch_size=7))
+    with pytest.raises(ValueError, match="holdout"):
+        train(_cfg(dataset, tmp_path / "y", holdout=8))
+
+
+def test_optimizer_state_round_trips_without_pickle():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        sum((p**2).sum() for p in params).backward()
+        opt.step()
+    tensors, meta = optimizer_state_to_files(opt)
+    meta = json.loads(json.dumps(meta))
+    opt2 = torch.optim.Adam([torch.nn.Parameter(p.detach().clone()) for p in params], lr=5.0)
+    opt2.load_state_dict(optimizer_state_from_files(tensors, meta))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for i in a["state"]:
+        for k in a["state"][i]:
+            assert torch.equal(a["state"][i][k], b["state"][i][k])
+
+
+def test_cli_parses_into_train_config(dataset, tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    seen = {}
+    monkeypatch.setattr(train_mod, "train", lambda cfg: seen.setdefault("cfg", cfg) and tmp_path)
+    args = parser.parse_args(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--config", "tiny",
+                              "--stage", "2", "--init", "ck", "--steps", "9", "--batch-size", "3", "--lr", "2e-5",
+                              "--resume", "--ema", "0.999", "--bf16", "--sample-every", "4", "--ckpt-every", "5"])
+    assert args.func(args) == 0
+    cfg = seen["cfg"]
+    assert (cfg.model, cfg.stage, cfg.init, cfg.steps, cfg.batch_size, cfg.lr, cfg.resume, cfg.ema, cfg.bf16,
+            cfg.sample_every, cfg.ckpt_every) == ("tiny", 2, "ck", 9, 3, 2e-5, True, 0.999, True, 4, 5)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_and_resume(dataset, tmp_path):
+    """DDP on CPU (gloo) with 2 processes, then a resumed continuation."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "facerig.diffusion.commands", "train",
+            "--data", str(dataset), "--out", str(out), "--config", "tiny", "--batch-size", "1", "--holdout", "2",
+            "--ckpt-every", "2", "--sample-every", "100"]
+    subprocess.run(base + ["--steps", "2"], check=True, env=env, timeout=600)
+    subprocess.run(base + ["--steps", "4", "--resume"], check=True, env=env, timeout=600)
+    ck = out / "checkpoints" / "step_00000004"
+    assert (ck / "rng.rank0.safetensors").exists() and (ck / "rng.rank1.safetensors").exists()
+    meta = json.loads((ck / "trainer.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 4
+    # 6 training items over 2 processes with batch 1: 3 steps per epoch.
+    assert (meta["epoch"], meta["batch_in_epoch"]) == (1, 1)
+    assert load_checkpoint(out)[1].image_size == 64
