@@ -34,6 +34,7 @@ from facerig.io import atomic_save_safetensors, atomic_write_json
 FORMAT = "facerig-capture"
 VERSION = 1
 BUFFER_NAMES = ("rendered", "normal", "albedo")
+MAX_OPEN_SHARDS = 64
 
 
 def _manifest_paths(root: Path) -> list[Path]:
@@ -117,23 +118,41 @@ class CaptureDataset(torch.utils.data.Dataset):
             wanted = set(keys)
             self.records = [r for r in self.records if r["key"] in wanted]
         self.image_size = int(self.info["image_size"])
+        self._handles: dict = {}
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _shard(self, name: str):
-        return safe_open(str(self.root / "shards" / f"{name}.safetensors"), framework="pt")
+        """An open (memory-mapped) shard; reopening per item would dominate a training step."""
+        handle = self._handles.pop(name, None)
+        if handle is None:
+            handle = safe_open(str(self.root / "shards" / f"{name}.safetensors"), framework="pt")
+            if len(self._handles) >= MAX_OPEN_SHARDS:
+                self._handles.pop(next(iter(self._handles)))
+        self._handles[name] = handle  # most recently used last
+        return handle
+
+    def _row(self, i: int, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+        rec = self.records[i]
+        f, j = self._shard(rec["shard"]), rec["index"]
+        return {k: f.get_slice(k)[j : j + 1][0] for k in (keys or f.keys())}
 
     def get(self, i: int) -> DatasetItem:
-        rec = self.records[i]
-        with self._shard(rec["shard"]) as f:
-            j = rec["index"]
-            row = {k: f.get_slice(k)[j : j + 1][0] for k in f.keys()}
+        row = self._row(i)
+        params = {k.removeprefix("params."): v for k, v in row.items() if k.startswith("params.")}
+        return DatasetItem(self.records[i]["key"], *self._training_tensors(row), params)
+
+    @staticmethod
+    def _training_tensors(row: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image = row["image"].float() / 127.5 - 1.0
         buffers = torch.cat([row[n].float() for n in BUFFER_NAMES], 0)
-        params = {k.removeprefix("params."): v for k, v in row.items() if k.startswith("params.")}
-        return DatasetItem(rec["key"], image, buffers, row["mask"].float(), params)
+        return image, buffers, row["mask"].float()
 
     def __getitem__(self, i: int) -> dict:
-        item = self.get(i)
-        return {"image": item.image, "buffers": item.buffers, "mask": item.mask}
+        image, buffers, mask = self._training_tensors(self._row(i, ["image", *BUFFER_NAMES, "mask"]))
+        return {"image": image, "buffers": buffers, "mask": mask}
+
+    def __getstate__(self):
+        # Open shard handles do not pickle (DataLoader workers); each process reopens its own.
+        return {**self.__dict__, "_handles": {}}

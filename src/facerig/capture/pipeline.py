@@ -365,3 +365,41 @@ class Capture:
         self._flush(batch, album=albums)
         self._write_preview()
         return self.summary
+
+
+def _fit_prepared(items: list[PreparedFace], size: int, model, device, album: bool):
+    from facerig.capture.fit import FitConfig, fit
+    from facerig.face3d import load_model
+
+    images = torch.from_numpy(np.stack([it.image for it in items])).permute(0, 3, 1, 2).float().div(255.0)
+    landmarks = torch.from_numpy(np.stack([it.landmarks for it in items])).float()
+    model = model if model is not None else load_model()
+    return fit(images.to(device), landmarks.to(device), model.to(device), FitConfig(image_size=size, album=album))
+
+
+def capture_photos(paths: list[str | Path], size: int = 256, model=None, device: str | torch.device = "cpu",
+                   album: bool = False) -> tuple[list[PreparedFace], Any]:
+    """Capture photos on the fly, largest face each, in one batched fit (one person if ``album``).
+
+    Returns the aligned faces and the ``FitResult``; a photo that cannot be captured raises its
+    ``CaptureError`` (file and reason).
+    """
+    cfg = CaptureConfig(size=size, device=str(device))
+    items = [prepare(Source(Path(p), Path(p).name), cfg)[0] for p in paths]
+    return items, _fit_prepared(items, size, model, device, album)
+
+
+def capture_image(image: np.ndarray, name: str = "image", size: int = 256, model=None, device: str | torch.device = "cpu"):
+    """Capture an in-memory (H,W,3) uint8 RGB photo's largest face; returns the ``FitResult``.
+
+    Small images (a 64 px model output, say) are upsampled first so the detector finds the face."""
+    if max(image.shape[:2]) < size:
+        scale = size / max(image.shape[:2])
+        new = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = np.asarray(Image.fromarray(image).resize(new, Image.BICUBIC))
+    faces = detect_faces(image)
+    if not faces:
+        raise NoFaceFound(name, "no face found")
+    aligned = align_face(image, faces[0].landmarks + 0.5, size)
+    item = PreparedFace(name, Source(Path(name), name), aligned.image, aligned.landmarks, aligned.transform, {})
+    return _fit_prepared([item], size, model, device, False)

@@ -332,8 +332,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = self.cfg.ema
-        for e, p in zip(self.ema_model.parameters(), self.model.parameters()):
-            e.lerp_(p, 1.0 - decay)
+        # One fused call instead of one kernel per tensor: the tiny models are launch-bound on a GPU.
+        torch._foreach_lerp_(list(self.ema_model.parameters()), list(self.model.parameters()), 1.0 - decay)
         for e, b in zip(self.ema_model.buffers(), self.model.buffers()):
             e.copy_(b)
 

@@ -24,7 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reconstructions", action="store_true", help="edited.png reconstructs source.png: PSNR/SSIM")
     p.add_argument("--threshold", type=float, default=SAME_PERSON_THRESHOLD, help="same-person embedding distance")
     p.add_argument("--grid-items", type=int, default=16, help="items shown in the sample grid")
-    p.set_defaults(func=run)
+    p.add_argument("--no-recapture", action="store_true", help="skip edit accuracy (it re-captures every edited photo)")
+    p.set_defaults(func=_run_cli)
+
+
+def capture_params(image) -> dict:
+    """Edit accuracy's re-capture: facerig's own capture (DECA's role in the paper's protocol)."""
+    from facerig.capture.pipeline import capture_image
+
+    return capture_image(image, "edited.png").params.to_dict()
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    return run(args, None if args.no_recapture else capture_params)
 
 
 def run(args: argparse.Namespace, recapture: Recapture | None = None) -> int:
