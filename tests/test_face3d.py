@@ -186,3 +186,15 @@ def test_flame_landmark_embedding_is_readable():
 def test_flame_is_bring_your_own():
     with pytest.raises(ValueError, match="bring-your-own"):
         load_model("flame")
+
+
+def test_ict_loads_from_an_imported_file(ict, tmp_path, monkeypatch):
+    """The imported cache file alone is enough (machines without the OBJs)."""
+    from facerig.paths import cache_dir
+
+    cache = next(cache_dir().glob("ict-*.safetensors"))
+    monkeypatch.setenv("FACERIG_ICT", str(cache))
+    alone = load_ict()
+    assert torch.equal(alone.template, ict.template) and alone.expression_names == ict.expression_names
+    with pytest.raises(FileNotFoundError, match="no such imported"):
+        load_ict(tmp_path / "missing.safetensors")

@@ -1,6 +1,7 @@
 """ICT-FaceKit backend (MIT licence), facerig's default face model.
 
-The FaceXModel folder (``$FACERIG_ICT``, default ``<shared>/assets/ict-facekit``) holds the neutral mesh
+The FaceXModel folder (``$FACERIG_ICT``, default ``<shared>/assets/ict-facekit``; or an imported
+``.safetensors`` file) holds the neutral mesh
 (complete OBJ: vertices, UVs, quads), 100 ``identityNNN.obj`` and 53 ARKit-named expression OBJs (vertex lines
 only, same order). Modes are stored as deltas from the neutral mesh. Parsing ~150 OBJs takes tens of seconds,
 so the first use imports them once into a safetensors cache keyed by the folder's file sizes and times.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from facerig.face3d.model import MorphableModel
@@ -126,18 +128,31 @@ def import_ict(folder: Path) -> dict[str, torch.Tensor]:
     }
 
 
-def load_ict_arrays(folder: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The imported ICT-FaceKit tensors (float32, file units), from the cache or imported on first use."""
+def load_ict_arrays(folder: str | Path | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The imported ICT-FaceKit tensors (float32, file units) and expression names.
+
+    ``folder`` is the FaceXModel folder (imported once into the cache) or an imported ``.safetensors`` file
+    itself, e.g. a cache file copied to a machine without the OBJs.
+    """
     folder = Path(folder) if folder is not None else ict_dir()
+    if folder.suffix == ".safetensors":
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder}: no such imported ICT-FaceKit file")
+        with safe_open(str(folder), framework="pt") as f:
+            names = json.loads((f.metadata() or {}).get("expressions", "null") or "null")
+        if names is None:
+            raise ValueError(f"{folder}: not an imported ICT-FaceKit file (no expression names in its metadata)")
+        return load_file(str(folder)), names
     if not (folder / "generic_neutral_mesh.obj").exists():
         raise FileNotFoundError(f"{folder}: no generic_neutral_mesh.obj; point FACERIG_ICT or FACERIG_SHARED at ICT-FaceKit")
+    names = expression_names(folder)
     cache = cache_dir() / f"ict-{_cache_key(folder)}.safetensors"
     if cache.exists():
-        return load_file(str(cache))
+        return load_file(str(cache)), names
     arrays = import_ict(folder)
     arrays = {k: (v.float() if v.is_floating_point() else v) for k, v in arrays.items()}
-    atomic_save_safetensors(arrays, cache, metadata={"source": str(folder), "expressions": json.dumps(expression_names(folder))})
-    return arrays
+    atomic_save_safetensors(arrays, cache, metadata={"source": str(folder), "expressions": json.dumps(names)})
+    return arrays, names
 
 
 def load_ict(folder: str | Path | None = None, parts: tuple[str, ...] = DEFAULT_PARTS, n_shape: int = 100) -> MorphableModel:
@@ -146,9 +161,7 @@ def load_ict(folder: str | Path | None = None, parts: tuple[str, ...] = DEFAULT_
     ``parts``: geometry names from ``REGION_RANGES`` or the groups "eyes", "mouth", "teeth"; the default is the
     face and head/neck, the skin surface DiffusionRig's buffers show.
     """
-    folder = Path(folder) if folder is not None else ict_dir()
-    arrays = load_ict_arrays(folder)
-    names = expression_names(folder)
+    arrays, names = load_ict_arrays(folder)
     wanted: list[str] = []
     for p in parts:
         group = OPTIONAL_PARTS.get(p, (p,))
