@@ -94,8 +94,8 @@ def test_gradcheck_vertices_and_light():
                        jaw=torch.zeros(1, 3, dtype=torch.float64), albedo=z, light=lig, cam=c, focal=torch.ones(1, 1, dtype=torch.float64))
         screen = project(v[None], p, "orthographic", size)
         frags = rasterize(screen, faces, size, size)
-        n = torch.nn.functional.normalize(frags.interpolate(vertex_normals(v[None], faces), faces), dim=-1)
-        shaded = frags.interpolate(alb[None], faces) * sh_shading(n, lig[0])
+        n = torch.nn.functional.normalize(frags.interpolate(vertex_normals(v[None], faces)), dim=-1)
+        shaded = frags.interpolate(alb[None]) * sh_shading(n, lig[0])
         return (frags.to_image(shaded) * weights).sum()
 
     # No pixel centre lies within the finite-difference step of an edge, so visibility is locally constant.

@@ -204,7 +204,7 @@ class _Fitter:
             size = cfg.photo_size
             frags = rasterize(project(geom.vertices, params, "orthographic", size), model.faces, size, size)
             item = frags.pixel // (size * size)
-            basis = sh_basis(F.normalize(frags.interpolate(vertex_normals(geom.vertices, model.faces), model.faces), dim=-1))
+            basis = sh_basis(F.normalize(frags.interpolate(vertex_normals(geom.vertices, model.faces)), dim=-1))
             skin = frags.interpolate_corners(self.skin_corners)[:, 0] > 0.5
             item, basis, face = item[skin], basis[skin], frags.face[skin]
             bary = frags.bary[skin]

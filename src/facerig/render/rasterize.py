@@ -27,6 +27,7 @@ class Fragments:
     pixel: torch.Tensor  # (N,) flat index b*H*W + i*W + j of each covered pixel
     face: torch.Tensor  # (N,) index of the visible triangle there
     bary: torch.Tensor  # (N,3) barycentric coordinates (perspective-correct when rasterized so), differentiable
+    vertex_index: torch.Tensor  # (N,3) flat index b*V + v of the visible triangle's corners
 
     def to_image(self, values: torch.Tensor) -> torch.Tensor:
         """Per-fragment values (N,C) -> (B,C,H,W) image with 0 background (differentiable)."""
@@ -40,11 +41,11 @@ class Fragments:
         m[self.pixel] = 1.0
         return m.reshape(self.batch_size, 1, self.height, self.width)
 
-    def interpolate(self, vertex_values: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-        """Per-vertex values (B,V,C) with triangles (F,3) -> per-fragment (N,C)."""
-        b = self.pixel // (self.height * self.width)
-        corners = vertex_values[b[:, None], faces[self.face]]  # (N,3,C)
-        return (corners * self.bary[..., None]).sum(1)
+    def interpolate(self, vertex_values: torch.Tensor) -> torch.Tensor:
+        """Per-vertex values (B,V,C) of the rasterized mesh -> per-fragment (N,C)."""
+        c = vertex_values.shape[-1]
+        corners = vertex_values.reshape(-1, c).index_select(0, self.vertex_index.reshape(-1)).reshape(-1, 3, c)
+        return torch.einsum("nkc,nk->nc", corners, self.bary)
 
     def interpolate_corners(self, corner_values: torch.Tensor) -> torch.Tensor:
         """Per-triangle-corner values (F,3,C) shared by the batch (e.g. UVs) -> per-fragment (N,C)."""
@@ -59,7 +60,7 @@ def _edge(ax, ay, bx, by, px, py):
 def _visible_faces(screen: torch.Tensor, faces: torch.Tensor, height: int, width: int, perspective: bool, cull_backfaces: bool):
     """Z-buffer visibility without gradients: flat covered-pixel indices and their nearest triangle."""
     bsz = screen.shape[0]
-    tri = screen[:, faces]  # (B,F,3,3)
+    tri = screen.index_select(1, faces.reshape(-1)).reshape(bsz, -1, 3, 3)  # (B,F,3,3)
     x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
     area = _edge(x[..., 0], y[..., 0], x[..., 1], y[..., 1], x[..., 2], y[..., 2])
     # Counter-clockwise triangles in the y-up world are clockwise (area < 0) on the y-down screen.
@@ -75,7 +76,9 @@ def _visible_faces(screen: torch.Tensor, faces: torch.Tensor, height: int, width
     empty = torch.zeros(0, dtype=torch.long, device=screen.device)
     if bi.numel() == 0:
         return empty, empty
-    X, Y, Z, A = x[bi, fi], y[bi, fi], z[bi, fi], area[bi, fi]
+    flat = bi * faces.shape[0] + fi
+    X, Y, Z = (t.reshape(-1, 3)[flat] for t in (x, y, z))
+    A = area.reshape(-1)[flat]
     # Barycentrics and depth are affine in screen space (1/depth for the pinhole): w = a*px + b*py + c.
     # Per triangle: w0 and w1 from the edges opposite vertices 0 and 1, and depth as z2 + w0 dz0 + w1 dz1.
     zz = 1 / Z if perspective else Z
@@ -84,23 +87,26 @@ def _visible_faces(screen: torch.Tensor, faces: torch.Tensor, height: int, width
         -(Y[:, 0] - Y[:, 2]) / A, (X[:, 0] - X[:, 2]) / A, ((Y[:, 0] - Y[:, 2]) * X[:, 2] - (X[:, 0] - X[:, 2]) * Y[:, 2]) / A,
         zz[:, 2], zz[:, 0] - zz[:, 2], zz[:, 1] - zz[:, 2],
     ], 1)
-    bx0, by0 = x0[bi, fi].long(), y0[bi, fi].long()
-    bw = x1[bi, fi].long() - bx0 + 1
-    count = bw * (y1[bi, fi].long() - by0 + 1)
+    box = torch.stack([t.reshape(-1)[flat] for t in (x0, y0, x1, y1)], 1).long()
+    bw = box[:, 2] - box[:, 0] + 1
+    count = bw * (box[:, 3] - box[:, 1] + 1)
+    # Per triangle, the integers the pixel loop needs, gathered together: x0, y0, width, image base, face.
+    ints = torch.stack([box[:, 0], box[:, 1], bw, bi * (height * width), fi], 1)
     ends = torch.cumsum(count, 0)
     pix_all, key_all, face_all = [], [], []
     # Enumerate every pixel of every bounding box exactly, in chunks of at most MAX_CANDIDATES.
     lo = 0
     while lo < count.numel():
         base = ends[lo - 1] if lo else ends.new_zeros(())
-        hi = int(torch.searchsorted(ends, base + MAX_CANDIDATES, right=True))
-        hi = max(hi, lo + 1)
+        hi = max(int(torch.searchsorted(ends, base + MAX_CANDIDATES, right=True)), lo + 1)
         n = count[lo:hi]
         t = torch.repeat_interleave(torch.arange(lo, hi, device=screen.device), n)
-        local = torch.arange(int(n.sum()), device=screen.device) - (ends[t] - count[t] - base)
-        px = bx0[t] + local % bw[t]
-        py = by0[t] + local // bw[t]
-        c = coef[t]
+        # index_select: much cheaper than advanced indexing for these row gathers on CPU
+        local = torch.arange(int(n.sum()), device=screen.device) - ((ends - count).index_select(0, t) - base)
+        tx0, ty0, tw, tbase, tface = ints.index_select(0, t).unbind(1)
+        px = tx0 + local % tw
+        py = ty0 + local // tw
+        c = coef.index_select(0, t)
         cx, cy = px.to(screen.dtype) + 0.5, py.to(screen.dtype) + 0.5
         w0 = c[:, 0] * cx + c[:, 1] * cy + c[:, 2]
         w1 = c[:, 3] * cx + c[:, 4] * cy + c[:, 5]
@@ -108,9 +114,9 @@ def _visible_faces(screen: torch.Tensor, faces: torch.Tensor, height: int, width
         key = c[:, 6] + w0 * c[:, 7] + w1 * c[:, 8]
         if perspective:
             key = -key  # nearer = larger 1/depth
-        pix_all.append((bi[t] * (height * width) + py * width + px)[inside])
+        pix_all.append((tbase + py * width + px)[inside])
         key_all.append(key[inside])
-        face_all.append(fi[t][inside])
+        face_all.append(tface[inside])
         lo = hi
     pix, key, face = torch.cat(pix_all), torch.cat(key_all), torch.cat(face_all)
     zbuf = torch.full((bsz * height * width,), float("inf"), dtype=key.dtype, device=key.device)
@@ -137,7 +143,8 @@ def rasterize(
     rest = pixel % (height * width)
     cx = (rest % width).to(screen.dtype) + 0.5
     cy = (rest // width).to(screen.dtype) + 0.5
-    tri = screen[b[:, None], faces[face]]  # (N,3,3), differentiable
+    vertex_index = b[:, None] * screen.shape[1] + faces[face]
+    tri = screen.reshape(-1, 3).index_select(0, vertex_index.reshape(-1)).reshape(-1, 3, 3)  # differentiable
     X, Y = tri[..., 0], tri[..., 1]
     area = _edge(X[:, 0], Y[:, 0], X[:, 1], Y[:, 1], X[:, 2], Y[:, 2])
     w0 = _edge(X[:, 1], Y[:, 1], X[:, 2], Y[:, 2], cx, cy) / area
@@ -146,4 +153,4 @@ def rasterize(
     if perspective:
         w = bary / tri[..., 2]
         bary = w / w.sum(-1, keepdim=True)
-    return Fragments(screen.shape[0], height, width, pixel, face, bary)
+    return Fragments(screen.shape[0], height, width, pixel, face, bary, vertex_index)
