@@ -61,7 +61,8 @@ def register_edit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pose-from", help="photo whose head rotation to use")
     p.add_argument("--expression-from", help="photo whose expression (and jaw) to use")
     p.add_argument("--latent-from", help="photo whose global latent to use (appearance mixing)")
-    p.add_argument("--light-dir", help="light direction x,y,z (camera space: x right, y up, z to the camera)")
+    p.add_argument("--light-dir", help="light direction x,y,z in camera space (x right, y up, z to the camera); "
+                   "write --light-dir=-1,0.3,0.6 when it starts with a minus")
     p.add_argument("--light-intensity", type=float, help="distant-light intensity (ambient is kept)")
     p.add_argument("--yaw", type=float, help="head yaw in degrees (positive turns the nose to image right)")
     p.add_argument("--pitch", type=float, help="head pitch in degrees (positive tilts the nose down)")
