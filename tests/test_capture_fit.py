@@ -86,3 +86,22 @@ def test_ffhq_landmark_error_close_to_the_detector(ict):
     dlib_nme = np.mean([nme(lms[i] - 0.5, gts[i]) for i in range(len(files))])
     assert fit_nme <= dlib_nme + 0.01, (fit_nme, dlib_nme)
     assert fit_nme < 0.06
+
+
+def test_landmark_calibration_recovers_a_detector_convention(ict):
+    """A 'detector' that marks landmark 30 on a neighbouring vertex: calibration finds that vertex."""
+    from facerig.capture.calibrate import calibrate_landmarks
+    from facerig.face3d.model import random_params
+    from facerig.render.renderer import project
+
+    params = random_params(ict, 16, torch.Generator().manual_seed(3))
+    tip = ict.landmark_vertices[30, 0]
+    near = (ict.template - ict.template[tip]).norm(dim=-1)
+    near[tip] = float("inf")
+    shifted = int(near.argmin())
+    marks = ict.landmark_vertices[:, 0].clone()
+    marks[30] = shifted
+    detected = project(ict.points(params, marks), params, "orthographic", 128)[..., :2]
+    indices, before, after = calibrate_landmarks(ict, params, detected, 128)
+    assert indices[30] == shifted and after[30] < 1e-3 < before[30]
+    assert indices[36] == int(ict.landmark_vertices[36, 0])  # already right: unchanged

@@ -10,7 +10,7 @@ from helpers import assert_close, shared_path
 
 from facerig.face3d import FaceParams, load_model
 from facerig.face3d.flame import load_flame, safe_load_pickle
-from facerig.face3d.ict import LANDMARKS_68, _read_obj_vertices, load_ict
+from facerig.face3d.ict import LANDMARKS_68, LANDMARKS_68_ICT, _read_obj_vertices, load_ict
 from facerig.face3d.model import random_params
 from facerig.face3d.rotation import axis_angle_to_euler, axis_angle_to_matrix, euler_to_axis_angle, matrix_to_axis_angle
 
@@ -50,6 +50,8 @@ def test_ict_structure(ict):
     assert (ict.n_shape, ict.n_expression) == (100, 53)
     assert ict.faces.max() < ict.n_vertices and ict.faces.min() >= 0
     assert ict.landmark_vertices[:, 0].tolist() == LANDMARKS_68  # face part comes first, indices unchanged
+    readme = load_ict(shared_path("assets", "ict-facekit"), landmarks="ict")
+    assert readme.landmark_vertices[:, 0].tolist() == LANDMARKS_68_ICT
     assert "mouthSmile_L" in ict.expression_names
     full = load_ict(shared_path("assets", "ict-facekit"), parts=("face", "head_neck", "eyes", "mouth", "teeth"))
     assert full.n_vertices > ict.n_vertices and full.faces.shape[0] > ict.faces.shape[0]
