@@ -9,13 +9,7 @@ from facerig.diffusion.model import CONFIGS, DiffusionRig, save_official
 from facerig.io import atomic_write_json
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: on a busy 2-core machine two OpenMP threads slow tiny models down ~20x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

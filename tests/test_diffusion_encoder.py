@@ -8,13 +8,7 @@ from facerig.paths import shared_dir
 from helpers import shared_path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: on a busy 2-core machine two OpenMP threads slow tiny models down ~20x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_latent_shape_at_any_resolution():

@@ -9,13 +9,7 @@ from facerig.diffusion.process import (
 from helpers import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Single-threaded torch: on a busy 2-core machine two OpenMP threads slow tiny models down ~20x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _official_alphas_cumprod() -> np.ndarray:
