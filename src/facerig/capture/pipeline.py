@@ -230,13 +230,18 @@ def preview_row(image: torch.Tensor, rendered: torch.Tensor, normal: torch.Tenso
     return [to_uint8_image(image), to_uint8_image(overlay), to_uint8_image(normal * mask, (-1.0, 1.0))]
 
 
+def stack_faces(items: list[PreparedFace]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Aligned crops as uint8 (B,3,S,S) and float [0,1] tensors, and their landmarks (B,68,2)."""
+    image_u8 = torch.from_numpy(np.stack([it.image for it in items])).permute(0, 3, 1, 2).contiguous()
+    landmarks = torch.from_numpy(np.stack([it.landmarks for it in items])).float()
+    return image_u8, image_u8.float().div(255.0), landmarks
+
+
 def fit_faces(items: list[PreparedFace], fitter: FitFn, cfg: CaptureConfig, album: bool, n_preview: int = 0):
     """Fit one batch (one person when ``album``) -> (shard tensors of the good items, their records,
     (key, source) of items whose fit came back non-finite, preview rows of the first ``n_preview``)."""
     device = torch.device(cfg.device)
-    image_u8 = torch.from_numpy(np.stack([it.image for it in items])).permute(0, 3, 1, 2).contiguous()
-    images = image_u8.float().div(255.0)
-    landmarks = torch.from_numpy(np.stack([it.landmarks for it in items])).float()
+    image_u8, images, landmarks = stack_faces(items)
     result = fitter(images.to(device), landmarks.to(device), album)
     n = len(items)
     buffers = result.buffers
@@ -371,8 +376,7 @@ def _fit_prepared(items: list[PreparedFace], size: int, model, device, album: bo
     from facerig.capture.fit import FitConfig, fit
     from facerig.face3d import load_model
 
-    images = torch.from_numpy(np.stack([it.image for it in items])).permute(0, 3, 1, 2).float().div(255.0)
-    landmarks = torch.from_numpy(np.stack([it.landmarks for it in items])).float()
+    _, images, landmarks = stack_faces(items)
     model = model if model is not None else load_model()
     return fit(images.to(device), landmarks.to(device), model.to(device), FitConfig(image_size=size, album=album))
 

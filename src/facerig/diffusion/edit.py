@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from facerig.capture.fit import FitResult
-from facerig.capture.pipeline import capture_photos
+from facerig.capture.pipeline import capture_photos, stack_faces
 from facerig.dataset import CaptureDataset
 from facerig.diffusion.checkpoint import load_checkpoint
 from facerig.diffusion.process import ddim_invert, denoiser_fn, sample
@@ -159,7 +159,7 @@ class Editor:
         targets = spec.target_photos()
         photos = [photo, *targets.values()]
         items, fitted = self.capture(photos)
-        aligned = torch.stack([torch.from_numpy(it.image).permute(2, 0, 1) for it in items]).float().div(255.0).to(self.device)
+        aligned = stack_faces(items)[1].to(self.device)
         params = fitted.params
         if self.shape is not None:
             params = params.replace(shape=self.shape.expand(params.batch_size, -1))

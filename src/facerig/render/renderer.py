@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facerig.dataset import BUFFER_NAMES
 from facerig.face3d.model import FaceGeometry, MorphableModel
 from facerig.face3d.params import FaceParams
 from facerig.render.rasterize import Fragments, rasterize
@@ -51,8 +52,6 @@ class Buffers:
 
     def condition(self) -> torch.Tensor:
         """DiffusionRig's 9 conditioning channels, in ``facerig.dataset.BUFFER_NAMES`` order."""
-        from facerig.dataset import BUFFER_NAMES
-
         return torch.cat([getattr(self, n) for n in BUFFER_NAMES], 1)
 
     def images(self) -> dict[str, torch.Tensor]:
