@@ -102,17 +102,25 @@ def similarity_init(model: MorphableModel, landmarks: torch.Tensor, size: int) -
     return torch.cat([scale[:, None], shift], 1)
 
 
+def landmark_point_index(model: MorphableModel, cand_idx: torch.Tensor) -> torch.Tensor:
+    """The vertices ``project_landmarks`` evaluates: every landmark triple, then the contour candidates."""
+    return torch.cat([model.landmark_vertices.reshape(-1), cand_idx.reshape(-1)])
+
+
 def project_landmarks(model: MorphableModel, params: FaceParams, size: int, candidates: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      contour: torch.Tensor | None = None, vertices: torch.Tensor | None = None, dynamic_contour: bool = True):
+                      contour: torch.Tensor | None = None, vertices: torch.Tensor | None = None, dynamic_contour: bool = True,
+                      evaluator=None):
     """The model's 68 landmarks in pixels as a 2D detector marks them: jaw landmarks on the silhouette.
 
     Returns the landmarks (B,68,2) and the chosen silhouette candidate per dynamic landmark (B,12), which
     can be passed back as ``contour`` to keep the choice fixed. Only the landmark and candidate vertices are
-    evaluated unless the full mesh ``vertices`` is given.
+    evaluated (by ``evaluator``, see ``landmark_evaluator``, when given) unless the full mesh ``vertices`` is.
     """
     cand_idx, cand_mask = candidates if candidates is not None else contour_candidates(model)
-    index = torch.cat([model.landmark_vertices.reshape(-1), cand_idx.reshape(-1)])
-    pts = vertices[:, index] if vertices is not None else model.points(params, index)
+    if vertices is not None:
+        pts = vertices[:, landmark_point_index(model, cand_idx)]
+    else:
+        pts = (evaluator or model.point_evaluator(landmark_point_index(model, cand_idx)))(params)
     n_lmk = model.landmark_vertices.numel()
     lmk3d = (pts[:, :n_lmk].reshape(-1, 68, 3, 3) * model.landmark_bary[None, ..., None]).sum(2)
     lmk = project(lmk3d, params, "orthographic", size)[..., :2]
@@ -153,6 +161,7 @@ class _Fitter:
         self.base = p
         self.lmk_weight = landmark_weights(images.device)
         self.cand_idx, self.cand_mask = contour_candidates(model)
+        self.evaluator = model.point_evaluator(landmark_point_index(model, self.cand_idx))
         self.contour = None  # chosen silhouette vertex per dynamic landmark, (B,12)
         skin = torch.zeros(model.n_vertices, device=images.device)
         skin[model.regions.get("narrow_face", torch.arange(model.n_vertices))] = 1.0
@@ -167,7 +176,8 @@ class _Fitter:
 
     def model_landmarks(self, params: FaceParams, update_contour: bool, vertices: torch.Tensor | None = None) -> torch.Tensor:
         lmk, contour = project_landmarks(self.model, params, self.size, (self.cand_idx, self.cand_mask),
-                                         None if update_contour else self.contour, vertices, self.cfg.dynamic_contour)
+                                         None if update_contour else self.contour, vertices, self.cfg.dynamic_contour,
+                                         self.evaluator)
         self.contour = contour
         return lmk
 
