@@ -5,7 +5,7 @@ import torch
 from helpers import assert_close, shared_path
 
 from facerig.diffusion.checkpoint import save_weights
-from facerig.diffusion.edit import EditSpec, Editor, alignment_centre, apply_edit, parse_expression, split_light, write_edit
+from facerig.diffusion.edit import EditSpec, Editor, alignment_centre, apply_edit, parse_expression, write_edit
 from facerig.diffusion.model import DiffusionRig
 from facerig.face3d.ict import load_ict
 from facerig.face3d.rotation import axis_angle_to_euler
@@ -24,16 +24,6 @@ def test_parse_expression():
         parse_expression("smile")
     with pytest.raises(ValueError, match="not a number"):
         parse_expression("jawOpen=wide")
-
-
-def test_split_light_inverts_directional_light():
-    d = torch.nn.functional.normalize(torch.tensor([[0.3, -0.2, 0.9], [-0.7, 0.1, 0.5]]), dim=-1)
-    ambient = torch.tensor([[0.3, 0.25, 0.2], [0.5, 0.5, 0.5]])
-    light = directional_light(d, torch.tensor([0.8, 0.4]), ambient)
-    direction, intensity, amb = split_light(light)
-    assert_close(direction, d, atol=1e-5)
-    assert_close(intensity, torch.tensor([0.8, 0.4]), atol=1e-5)
-    assert_close(amb, ambient, atol=1e-5)
 
 
 def test_apply_edit_explicit_values(ict):

@@ -148,14 +148,14 @@ class _Fitter:
         self.images, self.target = images, landmarks
         b = images.shape[0]
         p = model.default_params(b)
-        self.n_shape_rows = 1 if cfg.album else b
-        self.n_albedo_rows = 1 if (cfg.album and cfg.share_albedo) else b
+        shape_rows = 1 if cfg.album else b
+        albedo_rows = 1 if (cfg.album and cfg.share_albedo) else b
         self.vars = {
             "rotation": torch.zeros(b, 3, device=images.device),
             "cam": similarity_init(model, landmarks, self.size),
-            "shape": torch.zeros(self.n_shape_rows, model.n_shape, device=images.device),
+            "shape": torch.zeros(shape_rows, model.n_shape, device=images.device),
             "expression": torch.zeros(b, model.n_expression, device=images.device),
-            "albedo": torch.zeros(self.n_albedo_rows, model.n_albedo, device=images.device),
+            "albedo": torch.zeros(albedo_rows, model.n_albedo, device=images.device),
             "light": p.light.clone(),
         }
         self.base = p

@@ -195,12 +195,13 @@ FitFn = Callable[[torch.Tensor, torch.Tensor, bool], Any]
 
 
 class ModelFitter:
-    """The default fitter: ``facerig.capture.fit.fit`` with the default face model, loaded on first use."""
+    """The default fitter: ``facerig.capture.fit.fit`` with ``model``, or the default face model loaded on
+    first use; one instance keeps its model across calls."""
 
-    def __init__(self, size: int, device: str | torch.device):
+    def __init__(self, size: int, device: str | torch.device, model=None):
         self.size = size
         self.device = torch.device(device)
-        self.model = None
+        self.model = model.to(self.device) if model is not None else None
 
     def __call__(self, images: torch.Tensor, landmarks: torch.Tensor, album: bool):
         from facerig.capture.fit import FitConfig, fit
@@ -209,6 +210,10 @@ class ModelFitter:
         if self.model is None:
             self.model = load_model().to(self.device)
         return fit(images, landmarks, self.model, FitConfig(image_size=self.size, album=album))
+
+    def fit_items(self, items: list["PreparedFace"], album: bool = False):
+        _, images, landmarks = stack_faces(items)
+        return self(images.to(self.device), landmarks.to(self.device), album)
 
 
 def _batched_params(params: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
@@ -372,15 +377,6 @@ class Capture:
         return self.summary
 
 
-def _fit_prepared(items: list[PreparedFace], size: int, model, device, album: bool):
-    from facerig.capture.fit import FitConfig, fit
-    from facerig.face3d import load_model
-
-    _, images, landmarks = stack_faces(items)
-    model = model if model is not None else load_model()
-    return fit(images.to(device), landmarks.to(device), model.to(device), FitConfig(image_size=size, album=album))
-
-
 def capture_photos(paths: list[str | Path], size: int = 256, model=None, device: str | torch.device = "cpu",
                    album: bool = False) -> tuple[list[PreparedFace], Any]:
     """Capture photos on the fly, largest face each, in one batched fit (one person if ``album``).
@@ -390,13 +386,15 @@ def capture_photos(paths: list[str | Path], size: int = 256, model=None, device:
     """
     cfg = CaptureConfig(size=size, device=str(device))
     items = [prepare(Source(Path(p), Path(p).name), cfg)[0] for p in paths]
-    return items, _fit_prepared(items, size, model, device, album)
+    return items, ModelFitter(size, device, model).fit_items(items, album)
 
 
-def capture_image(image: np.ndarray, name: str = "image", size: int = 256, model=None, device: str | torch.device = "cpu"):
-    """Capture an in-memory (H,W,3) uint8 RGB photo's largest face; returns the ``FitResult``.
+def capture_image(image: np.ndarray, fitter: ModelFitter, name: str = "image"):
+    """Capture an in-memory (H,W,3) uint8 RGB photo's largest face with ``fitter`` (reused across calls, so
+    its face model loads once); returns the ``FitResult``.
 
     Small images (a 64 px model output, say) are upsampled first so the detector finds the face."""
+    size = fitter.size
     if max(image.shape[:2]) < size:
         scale = size / max(image.shape[:2])
         new = (round(image.shape[1] * scale), round(image.shape[0] * scale))
@@ -406,4 +404,4 @@ def capture_image(image: np.ndarray, name: str = "image", size: int = 256, model
         raise NoFaceFound(name, "no face found")
     aligned = align_face(image, faces[0].landmarks + 0.5, size)
     item = PreparedFace(name, Source(Path(name), name), aligned.image, aligned.landmarks, aligned.transform, {})
-    return _fit_prepared([item], size, model, device, False)
+    return fitter.fit_items([item])

@@ -27,8 +27,8 @@ from facerig.diffusion.checkpoint import load_checkpoint
 from facerig.diffusion.process import ddim_invert, denoiser_fn, sample
 from facerig.face3d import FaceParams, MorphableModel, load_model
 from facerig.face3d.rotation import axis_angle_to_euler, euler_to_axis_angle
-from facerig.render import Buffers, Renderer, RenderConfig, directional_light, dominant_direction, project
-from facerig.render.sh import DECA_SH_CONSTANTS
+from facerig.render import Buffers, Renderer, RenderConfig, directional_light, project
+from facerig.render.sh import split_light
 
 CAPTURE_SIZE = 256  # photos are fitted at this size; buffers are rendered at the model's
 
@@ -60,16 +60,6 @@ class EditResult:
     source_params: FaceParams
     target_params: FaceParams
     aligned_photo: torch.Tensor  # (3,256,256) the aligned source at capture size, [0,1]
-
-
-def split_light(light: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Direction (B,3), intensity (B,) and per-colour ambient (B,3) of the ambient + distant-light model that
-    has the same band 0-1 coefficients as ``light`` (exact for lights made by ``directional_light``)."""
-    n0, n1 = DECA_SH_CONSTANTS[0], (3 / (4 * torch.pi)) ** 0.5
-    band1 = light[:, 1:4].mean(-1)
-    intensity = band1.norm(dim=-1) / n1
-    ambient = (light[:, 0] - intensity[:, None] * torch.pi * n0) * n0  # code a / N_0 <=> irradiance a
-    return dominant_direction(light), intensity, ambient
 
 
 def alignment_centre(model: MorphableModel, params: FaceParams, size: int) -> torch.Tensor:

@@ -28,15 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_cli)
 
 
-def capture_params(image) -> dict:
-    """Edit accuracy's re-capture: facerig's own capture (DECA's role in the paper's protocol)."""
-    from facerig.capture.pipeline import capture_image
+def capture_recapture() -> Recapture:
+    """Edit accuracy's re-capture: facerig's own capture (DECA's role in the paper's protocol), with one
+    face model for every item."""
+    from facerig.capture.pipeline import ModelFitter, capture_image
 
-    return capture_image(image, "edited.png").params.to_dict()
+    fitter = ModelFitter(256, "cpu")
+    return lambda image: capture_image(image, fitter, "edited.png").params.to_dict()
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    return run(args, None if args.no_recapture else capture_params)
+    return run(args, None if args.no_recapture else capture_recapture())
 
 
 def run(args: argparse.Namespace, recapture: Recapture | None = None) -> int:

@@ -26,6 +26,14 @@ DECA_SH_CONSTANTS = (
     (_PI / 4) * (3 / 2) * math.sqrt(5 / (12 * _PI)),
     (_PI / 4) * (1 / 2) * math.sqrt(5 / (4 * _PI)),
 )
+# Real spherical-harmonics normalisation N_k of each DECA basis polynomial p_k (Y_k = N_k p_k).
+SH_NORMALISATION = (
+    1 / math.sqrt(4 * _PI),
+    *[math.sqrt(3 / (4 * _PI))] * 3,
+    *[math.sqrt(15 / (4 * _PI))] * 3,
+    0.5 * math.sqrt(15 / (4 * _PI)),
+    math.sqrt(5 / (16 * _PI)),
+)
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
@@ -53,11 +61,7 @@ def directional_light(direction: torch.Tensor, intensity: float | torch.Tensor =
     # constant irradiance a needs code a / N_0.
     x, y, z = d.unbind(-1)
     p = torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1], -1)
-    norms = torch.tensor(
-        [1 / math.sqrt(4 * _PI), *[math.sqrt(3 / (4 * _PI))] * 3, *[math.sqrt(15 / (4 * _PI))] * 3,
-         0.5 * math.sqrt(15 / (4 * _PI)), math.sqrt(5 / (16 * _PI))],
-        dtype=d.dtype, device=d.device,
-    )
+    norms = torch.tensor(SH_NORMALISATION, dtype=d.dtype, device=d.device)
 
     def per_colour(v):
         v = torch.as_tensor(v, dtype=d.dtype, device=d.device)
@@ -66,6 +70,15 @@ def directional_light(direction: torch.Tensor, intensity: float | torch.Tensor =
     lobe = (norms * p)[:, :, None] * per_colour(intensity)[:, None, :]  # (B,9,3)
     dc = lobe[:, :1] * _PI + per_colour(ambient)[:, None, :] * math.sqrt(4 * _PI)
     return torch.cat([dc, lobe[:, 1:]], 1)
+
+
+def split_light(light: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direction (B,3), intensity (B,) and per-colour ambient (B,3) of the ambient + distant light that has
+    the same band 0-1 coefficients as ``light``: the inverse of ``directional_light`` (exact for its codes)."""
+    n0, n1 = SH_NORMALISATION[0], SH_NORMALISATION[1]
+    intensity = light[:, 1:4].mean(-1).norm(dim=-1) / n1
+    ambient = (light[:, 0] - intensity[:, None] * _PI * n0) * n0  # code a / N_0 <=> irradiance a
+    return dominant_direction(light), intensity, ambient
 
 
 def dominant_direction(light: torch.Tensor) -> torch.Tensor:
