@@ -6,7 +6,6 @@ The bad-input generators here are shared with test_capture_pipeline.py.
 from __future__ import annotations
 
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -133,13 +132,10 @@ def test_exif_orientation_swaps_size_of_non_square(tmp_path):
 def test_huge_photo_is_downscaled_with_its_scale(tmp_path):
     path = tmp_path / "huge.jpg"
     write_huge(path, ffhq_sample(2))
-    t = time.perf_counter()
-    photo = load_photo(path, max_side=3000)
-    elapsed = time.perf_counter() - t
+    photo = load_photo(path, max_side=3000)  # benchmarks/load.py times this
     assert photo.original_size == (8000, 8000)
     assert max(photo.image.shape[:2]) == 2000, "decoded at 1/4 scale, the coarsest covering max_side / 2"
     assert np.allclose(photo.scale, 0.25) and np.allclose(photo.to_original(), np.diag([4.0, 4.0, 1.0]))
-    assert elapsed < 20.0, f"loading an 8000 px JPEG took {elapsed:.1f} s"
     small = np.asarray(ffhq_sample(2).resize((2000, 2000), Image.Resampling.BILINEAR)).astype(int)
     assert np.abs(photo.image.astype(int) - small).mean() < 6.0
 

@@ -10,7 +10,6 @@ import argparse
 import csv
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,13 +99,12 @@ def bad_batch(tmp_path_factory):
     write_huge(folder / "huge.jpg", ffhq_sample(2))
     out = tmp_path_factory.mktemp("ds") / "capture"
     fitter = FakeFitter()
-    t = time.perf_counter()
     summary = Capture(out, CaptureConfig(size=SIZE, batch_size=4), fitter=fitter).run(collect_sources([str(folder)]), progress=False)
-    return folder, paths, out, fitter, summary, time.perf_counter() - t
+    return folder, paths, out, fitter, summary
 
 
 def test_every_bad_input_gets_a_clear_reason(bad_batch):
-    folder, paths, out, _, summary, elapsed = bad_batch
+    folder, paths, out, _, summary = bad_batch
     records = by_key(out)
     assert set(records) == {p.name for p in folder.iterdir()}, "one manifest record per input"
     reasons = {k: r["reason"] for k, r in records.items() if r["status"] == "failed"}
@@ -116,12 +114,11 @@ def test_every_bad_input_gets_a_clear_reason(bad_batch):
     assert reasons.pop("noface.png") == "no face found"
     assert reasons == {}, f"unexpected failures: {reasons}"
     assert summary.ok == 10 and summary.failed == 4 and summary.skipped == 0
-    assert elapsed < 120, f"the batch took {elapsed:.0f} s"
 
 
 def test_awkward_formats_give_the_same_face(bad_batch):
     """Grayscale, CMYK, 16-bit and RGBA versions of one photo align to (nearly) the same crop."""
-    _, _, out, _, _, _ = bad_batch
+    _, _, out, _, _ = bad_batch
     good = dataset_item(out, "good.png")
     for key in ("gray.jpg", "cmyk.jpg", "gray16.png", "rgb16.png", "rgba.png"):
         item = dataset_item(out, key)
@@ -133,7 +130,7 @@ def test_awkward_formats_give_the_same_face(bad_batch):
 
 
 def test_exif_rotated_photo_is_detected_upright(bad_batch):
-    _, _, out, _, _, _ = bad_batch
+    _, _, out, _, _ = bad_batch
     rotated, upright = dataset_item(out, "rotated.jpg"), dataset_item(out, "upright.png")
     assert by_key(out)["rotated.jpg"]["original_size"] == [256, 256]
     assert np.abs(shard_row(out, "rotated.jpg", "landmarks") - shard_row(out, "upright.png", "landmarks")).mean() < 1.5
@@ -141,7 +138,7 @@ def test_exif_rotated_photo_is_detected_upright(bad_batch):
 
 
 def test_huge_photo_is_handled_in_original_pixels(bad_batch):
-    _, _, out, _, _, _ = bad_batch
+    _, _, out, _, _ = bad_batch
     rec = by_key(out)["huge.jpg"]
     assert rec["status"] == "ok" and rec["original_size"] == [8000, 8000]
     # the transform is aligned <- original 8000 px pixels: 8000/256 times the small photo's scale
@@ -155,7 +152,7 @@ def test_huge_photo_is_handled_in_original_pixels(bad_batch):
 
 
 def test_stored_items_are_what_the_fitter_returned(bad_batch):
-    _, _, out, fitter, _, _ = bad_batch
+    _, _, out, fitter, _ = bad_batch
     assert all(n <= 4 and not album for n, album in fitter.calls)
     item = dataset_item(out, "good.png")
     rendered, normal, albedo = item.buffers.split(3)
@@ -172,7 +169,7 @@ def test_stored_items_are_what_the_fitter_returned(bad_batch):
 
 
 def test_rerun_does_no_new_work(bad_batch):
-    folder, _, out, _, _, _ = bad_batch
+    folder, _, out, _, _ = bad_batch
     shards = sorted(p.name for p in (out / "shards").iterdir())
     manifest = (out / "manifest.jsonl").read_bytes()
     fitter = FakeFitter()

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, require
 
 from facerig.eval.edit_accuracy import edit_accuracy, geodesic_angle, param_errors
 from facerig.face3d.rotation import axis_angle_to_matrix, matrix_to_euler
@@ -50,7 +50,7 @@ def test_roll_difference_wraps_around_180_degrees():
 
 
 def test_pose_errors_agree_with_scipy():
-    Rotation = pytest.importorskip("scipy.spatial.transform").Rotation  # scipy is not a facerig dependency
+    Rotation = require("scipy.spatial.transform").Rotation
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(6, 3)) * 0.4, rng.normal(size=(6, 3)) * 0.4
     ra, rb = Rotation.from_rotvec(a), Rotation.from_rotvec(b)

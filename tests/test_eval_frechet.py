@@ -3,7 +3,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from helpers import shared_path
+from helpers import require, shared_path, unavailable
 
 from facerig.eval.frechet import frechet_distance, trace_sqrt_product
 from facerig.eval.identity import analyze_face
@@ -39,7 +39,7 @@ def test_trace_sqrt_product_of_diagonal_covariances():
 
 def test_trace_sqrt_product_matches_pytorch_fid_sqrtm_route():
     # Well-conditioned covariances: scipy's sqrtm of the product (pytorch-fid) gives the same number.
-    linalg = pytest.importorskip("scipy.linalg")  # scipy is not a facerig dependency
+    linalg = require("scipy.linalg")
     x, y = _features(500, 16, seed=2), _features(500, 16, seed=3)
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     ref = np.trace(linalg.sqrtm(s1 @ s2).real)
@@ -82,7 +82,7 @@ def test_embedding_frechet_separates_people_on_celeba():
                 out.append(face.embedding)
             if len(out) == n:
                 return np.stack(out)
-        pytest.skip(f"identity {identity}: fewer than {n} detectable faces")
+        unavailable(f"identity {identity}: fewer than {n} detectable faces")
 
     a, b = embeddings(albums[0], 16), embeddings(albums[1], 8)
     same, other = frechet_distance(a[:8], a[8:]), frechet_distance(a[:8], b)

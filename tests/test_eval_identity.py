@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import shared_path
+from helpers import shared_path, unavailable
 from PIL import Image
 
 from facerig.eval.identity import SAME_PERSON_THRESHOLD, FaceAnalysis, analyze_face, distances_to_set, embed_folder, embedding_distance
@@ -34,7 +34,7 @@ def celeba_faces() -> list[list[tuple[str, np.ndarray]]]:
                 break
         if len(chosen) == N_IDENTITIES:
             return chosen
-    pytest.skip("fewer than 4 celeba-wild identities with two detectable faces")
+    unavailable("fewer than 4 celeba-wild identities with two detectable faces")
 
 
 def test_same_identity_pairs_are_closer_than_threshold(celeba_faces):

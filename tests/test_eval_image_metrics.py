@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_close, shared_path
+from helpers import assert_close, require, shared_path
 
 from facerig.eval.image_metrics import gaussian_window, psnr, ssim, ssim_map
 from facerig.eval.items import read_rgb
@@ -75,7 +75,7 @@ def test_ssim_on_a_photo_drops_with_noise():
 
 
 def test_ssim_matches_kornia_reference():
-    kornia = pytest.importorskip("kornia")
+    kornia = require("kornia")
     a = _image(size=48)
     b = (a + 0.05 * torch.randn(a.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).clamp(0, 1)
     ref = kornia.metrics.ssim(a, b, 11, max_val=1.0, eps=0.0, padding="valid")

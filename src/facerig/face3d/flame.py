@@ -109,13 +109,15 @@ def safe_load_pickle(path: str | Path) -> dict:
     try:
         with open(path, "rb") as f:
             data = SafeUnpickler(f, str(path)).load()
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a dict of arrays, got {type(data).__name__}")
+        return {k: (v.array() if isinstance(v, (_ChumpyArray, _SparseMatrix)) else v) for k, v in data.items()}
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+    except pickle.UnpicklingError as exc:  # a refused global: ValueError, which the CLI reports in one line
+        raise ValueError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
+    except (OSError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise ValueError(f"{path}: not a readable FLAME pickle ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict of arrays, got {type(data).__name__}")
-    return {k: (v.array() if isinstance(v, (_ChumpyArray, _SparseMatrix)) else v) for k, v in data.items()}
 
 
 def lbs_jaw(vertices: torch.Tensor, jaw: torch.Tensor, joint_regressor: torch.Tensor, parents: list[int],
