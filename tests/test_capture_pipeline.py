@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +50,15 @@ class FakeResult:
 class FakeFitter:
     """Records its calls; an album gets one shared identity row (batch 1), as a real album fit may return."""
 
-    def __init__(self, nan_at: int | None = None):
+    def __init__(self, nan_at: int | None = None, delay: float = 0.0, started=None):
         self.calls: list[tuple[int, bool]] = []
         self.nan_at = nan_at
+        self.delay, self.started = delay, started  # a slow fit, announced by setting the ``started`` event
 
     def __call__(self, images: torch.Tensor, landmarks: torch.Tensor, album: bool) -> FakeResult:
+        if self.started is not None:
+            self.started.set()
+        time.sleep(self.delay)
         b, _, s, _ = images.shape
         assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
         assert landmarks.shape == (b, 68, 2)
@@ -276,6 +282,37 @@ def test_worker_processes_give_the_same_result(four_faces, tmp_path):
     for key in ("0.png", "1.png"):
         a, b = dataset_item(tmp_path / "inline", key), dataset_item(tmp_path / "pool", key)
         assert torch.equal(a.image, b.image) and torch.equal(a.params["expression"], b.params["expression"])
+
+
+def _slow_capture(out: Path, sources: list, started) -> None:
+    Capture(out, CaptureConfig(size=SIZE, batch_size=2), fitter=FakeFitter(delay=0.5, started=started)).run(sources, progress=False)
+
+
+def test_concurrent_runs_on_one_folder(tmp_path, capfd):
+    """A second run on the same --out while the first is mid-write: no shard overwritten, nothing stored twice."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        ffhq_sample(i).save(folder / f"{i}.png")
+    sources = collect_sources([str(folder)])
+    ref = tmp_path / "ref"
+    Capture(ref, CaptureConfig(size=SIZE), fitter=FakeFitter()).run(sources, progress=False)
+
+    out = tmp_path / "ds"
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    first = ctx.Process(target=_slow_capture, args=(out, sources[:4], started))
+    first.start()
+    assert started.wait(60), "the first run never reached its fit"
+    summary = Capture(out, CaptureConfig(size=SIZE), fitter=FakeFitter()).run(sources, progress=False)
+    first.join(60)
+    assert first.exitcode == 0
+    assert (summary.skipped, summary.ok) == (4, 2), "the second run waited, then did only what the first had not"
+    keys = [r["key"] for r in read_manifest(out)]
+    assert sorted(keys) == [f"{i}.png" for i in range(6)], "every photo stored once"
+    for key in keys:
+        assert torch.equal(dataset_item(out, key).image, dataset_item(ref, key).image), f"{key} points at another face"
+    assert "another capture is writing rank 0" in capfd.readouterr().err
 
 
 def test_collect_sources(tmp_path):

@@ -16,20 +16,26 @@ Layout of a dataset folder::
 
 A shard is written atomically before its manifest lines, so a killed job loses at most the batch in flight,
 and a rerun skips every key already in a manifest. Ranks write their own shards and manifests, so any
-number of processes can fill one folder.
+number of processes can fill one folder. Two writers of one rank (two runs on one folder) are serialised by
+the rank's lock file ``.lock.rRANK`` (``ShardWriter.locked``); shard names are never reused, even after a
+shard was deleted, so a stale record never points at another item's data.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from facerig.io import atomic_save_safetensors, atomic_write_json
+from facerig.io import atomic_save_safetensors, atomic_write_json, fsync_path
 
 FORMAT = "facerig-capture"
 VERSION = 1
@@ -53,6 +59,17 @@ def read_manifest(root: str | Path) -> list[dict]:
     return records
 
 
+def _drop_torn_line(f) -> None:
+    """Cut a partial last line (kill -9 or a full disk mid-append) from a manifest opened "a+b": appended onto
+    the fragment, the next record would be unreadable and silently lost."""
+    if f.seek(0, os.SEEK_END) == 0:
+        return
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) != b"\n":
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
 class ShardWriter:
     """Appends finished items to a dataset folder, one atomic shard per ``write`` call."""
 
@@ -68,17 +85,41 @@ class ShardWriter:
         elif rank == 0:
             atomic_write_json(info_path, {"format": FORMAT, "version": VERSION, "image_size": image_size, **(info or {})})
         self.manifest = self.root / ("manifest.jsonl" if rank == 0 else f"manifest.r{rank}.jsonl")
-        self.next_shard = len(list((self.root / "shards").glob(f"{rank:03d}-*.safetensors")))
+        self.next_shard = self._first_free_shard()
+
+    def _first_free_shard(self) -> int:
+        """One past the highest shard number of this rank on disk or named in a manifest: counting files would
+        reuse a deleted shard's name, and its stale records would then point at the new shard's rows."""
+        prefix = f"{self.rank:03d}-"
+        names = [p.stem for p in (self.root / "shards").glob(f"{prefix}*.safetensors")]
+        names += [r["shard"] for r in read_manifest(self.root) if str(r.get("shard")).startswith(prefix)]
+        return 1 + max((int(n.split("-")[1]) for n in names), default=-1)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this rank's lock for a whole writing run: a second run on the folder waits here until the first
+        is done, then sees its records (``done_keys``) and shards, so nothing is overwritten or stored twice."""
+        with open(self.root / f".lock.r{self.rank}", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"{self.root}: another capture is writing rank {self.rank} of this dataset; waiting for it to finish", file=sys.stderr)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            self.next_shard = self._first_free_shard()
+            yield  # closing the file releases the lock, also when the process dies
 
     def done_keys(self) -> set[str]:
         return {r["key"] for r in read_manifest(self.root)}
 
     def _append(self, records: list[dict]) -> None:
-        with open(self.manifest, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        new = not self.manifest.exists()
+        with open(self.manifest, "a+b") as f:
+            _drop_torn_line(f)
+            f.write("".join(json.dumps(r) + "\n" for r in records).encode())
             f.flush()
             os.fsync(f.fileno())
+        if new:
+            fsync_path(self.root)  # the new manifest's name must survive a power cut too
 
     def write(self, tensors: dict[str, torch.Tensor], records: list[dict]) -> None:
         """Store one batch: ``tensors`` stacked over the ok items, ``records`` their manifest lines (same order)."""

@@ -22,7 +22,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync(path: str | Path) -> None:
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or folder by name (a folder: its entries, i.e. a rename or a new file in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -43,12 +44,12 @@ def _atomic(path: str | Path) -> Iterator[str]:
         yield tmp
         # mkstemp makes 0600 (and a writer may recreate the file): give it the mode open() would
         os.chmod(tmp, 0o666 & ~_umask())
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

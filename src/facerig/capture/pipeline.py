@@ -347,7 +347,10 @@ class Capture:
         else:
             work = work[self.rank :: self.world_size]
         orphans = orphans[self.rank :: self.world_size]
+        with self.writer.locked():  # done keys are read under the lock: a concurrent run's work counts as done
+            return self._capture(work, orphans, albums, progress)
 
+    def _capture(self, work: list[Source], orphans: list[Source], albums: bool, progress: bool) -> CaptureSummary:
         done = {_base_key(k) for k in self.writer.done_keys()}
         self.summary.inputs = len(work) + len(orphans)
         for source in orphans:
