@@ -346,6 +346,34 @@ def test_cli_capture(four_faces, tmp_path, monkeypatch, capsys):
     assert json.loads((out / "info.json").read_text())["image_size"] == SIZE
 
 
+def test_bad_options_are_refused_before_any_work(four_faces, tmp_path, capsys):
+    from facerig.cli import main
+
+    for bad in ({"upsample": -1}, {"upsample": 9}, {"size": 1}, {"workers": -2}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match=f"capture option {next(iter(bad))} must be"):
+            CaptureConfig(**bad)
+    for flag, value in (("--upsample", "-1"), ("--size", "1"), ("--workers", "-1"), ("--size", "abc")):
+        with pytest.raises(SystemExit) as exc:
+            main(["capture", str(four_faces), "--out", str(tmp_path / "ds"), flag, value])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and f"argument {flag}" in err[-1], err
+    assert not (tmp_path / "ds").exists(), "nothing written"
+
+
+def test_unusable_out_is_one_clear_error(four_faces, tmp_path, capsys):
+    from facerig.cli import main
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    cases = {tmp_path / "file": "is a file", tmp_path / "file" / "ds": "is a file"}
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        cases[tmp_path / "ro" / "ds"] = "not writable"
+    for out, reason in cases.items():
+        assert main(["capture", str(four_faces), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out) in err[0] and reason in err[0], err
+
+
 @pytest.mark.slow
 def test_real_fit_end_to_end(tmp_path):
     """The real fitter (facerig.capture.fit, ICT model): residuals recorded, and the rendered face mask,

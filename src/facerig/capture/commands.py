@@ -8,14 +8,25 @@ import sys
 
 import torch
 
-from facerig.capture.pipeline import Capture, CaptureConfig, assign_albums, collect_sources, dist_env, read_identities
+from facerig.capture.pipeline import MAX_UPSAMPLE, MIN_SIZE, Capture, CaptureConfig, assign_albums, collect_sources, dist_env, read_identities
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_range(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi]; argparse reports a bad value in one line with exit code 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {f'from {lo} to {hi}' if hi is not None else f'at least {lo}'}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _int_range(1)
 
 
 def register(subparsers) -> None:
@@ -28,15 +39,15 @@ def register(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or quoted globs")
     p.add_argument("--out", required=True, help="dataset folder (created; reused to resume)")
-    p.add_argument("--size", type=_positive, default=256, help="aligned crop size in pixels (default 256)")
+    p.add_argument("--size", type=_int_range(MIN_SIZE), default=256, help=f"aligned crop size in pixels, at least {MIN_SIZE} (default 256)")
     p.add_argument("--album", action="store_true", help="all inputs are one person: fit one shared identity")
     p.add_argument("--identities", metavar="CSV", help="CSV with columns file,identity (paths relative to the CSV); one album per identity")
     p.add_argument("--all-faces", action="store_true", help="capture every face of a photo (keys FILE#faceN), not only the largest")
     p.add_argument("--batch-size", type=_positive, default=16, help="faces per fit call outside album mode (default 16)")
     p.add_argument("--limit", type=_positive, help="capture only the first N inputs")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="fit device; cuda uses GPU LOCAL_RANK")
-    p.add_argument("--workers", type=int, default=0, help="processes loading/detecting/aligning ahead of the fit (default 0: inline)")
-    p.add_argument("--upsample", type=int, default=1, help="dlib detector upsampling (default 1: faces down to ~40 px)")
+    p.add_argument("--workers", type=_int_range(0), default=0, help="processes loading/detecting/aligning ahead of the fit (default 0: inline)")
+    p.add_argument("--upsample", type=_int_range(0, MAX_UPSAMPLE), default=1, help=f"dlib detector upsampling, 0 to {MAX_UPSAMPLE} (default 1: faces down to ~40 px)")
     p.set_defaults(func=run)
 
 

@@ -27,10 +27,12 @@ from tqdm import tqdm
 
 from facerig.capture.align import align_face
 from facerig.capture.detect import detect_faces
-from facerig.capture.load import CaptureError, NoFaceFound, load_photo
+from facerig.capture.load import MIN_SIDE, CaptureError, NoFaceFound, load_photo
 from facerig.dataset import ShardWriter
 from facerig.io import atomic_write_bytes, contact_sheet, to_uint8_image
 
+MIN_SIZE = 32  # smallest aligned crop: below it the 68 landmarks crowd into a few pixels
+MAX_UPSAMPLE = 4  # dlib doubles the photo per step: 4 is 256x the pixels, already slower than useful
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SINGLE_ALBUM = "album"  # album id when --album is given without an identities file
 
@@ -46,6 +48,17 @@ class CaptureConfig:
     load_max_side: int = 4096  # photos are decoded/downscaled to this before anything else
     workers: int = 0  # processes preparing photos (load/detect/align) ahead of the fit
     preview_count: int = 16
+
+    def __post_init__(self):
+        # checked before any work: a bad global option would otherwise fail (or "succeed") every photo, and a
+        # rerun with the option fixed would skip them all as done
+        limits = {"size": (MIN_SIZE, None), "batch_size": (1, None), "upsample": (0, MAX_UPSAMPLE), "detect_max_side": (MIN_SIDE, None),
+                  "load_max_side": (MIN_SIDE, None), "workers": (0, None), "preview_count": (0, None)}
+        for name, (lo, hi) in limits.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+                bounds = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+                raise ValueError(f"capture option {name} must be an integer {bounds}, got {value!r}")
 
 
 @dataclass(frozen=True)
