@@ -332,6 +332,43 @@ def test_collect_sources(tmp_path):
         collect_sources([str(tmp_path / "a"), str(tmp_path / "c")])
 
 
+def test_folder_search_lists_what_it_passes_over(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (photos / "x.jpg").write_bytes(b"")
+    (photos / "notes.txt").write_bytes(b"")
+    (photos / "linked").symlink_to(tmp_path / "elsewhere")
+    (photos / "sub" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    os.mkfifo(photos / "pipe.png")
+    ignored = {}
+    assert [s.key for s in collect_sources([str(photos)], ignored=ignored)] == ["x.jpg"]
+    assert ignored == {
+        str(photos / "notes.txt"): "not an image file name (name it on the command line to try it)",
+        str(photos / "linked"): "link to a folder (not followed)",
+        str(photos / "sub" / "gone.jpg"): "broken link",
+        str(photos / "pipe.png"): "not a regular file",
+    }
+
+
+def test_out_inside_the_input_folder_is_not_captured(four_faces, tmp_path, monkeypatch, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("0.png", "1.png"):
+        (photos / name).write_bytes((four_faces / name).read_bytes())
+    monkeypatch.setattr(pipeline, "ModelFitter", lambda size, device: FakeFitter())
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    for _ in range(2):  # the first run writes preview.png into photos/ds; the second must not take it as a face
+        args = parser.parse_args(["capture", str(photos), "--out", str(photos / "ds"), "--size", str(SIZE)])
+        assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["inputs"] == 2 and report["skipped"] == 2 and report["ignored"] == {str(photos / "ds"): "the output folder"}
+    assert sorted(by_key(photos / "ds")) == ["0.png", "1.png"]
+    glob_keys = [s.key for s in collect_sources([str(photos / "**" / "*.png")], out=photos / "ds")]
+    assert glob_keys == ["0.png", "1.png"]
+
+
 def test_cli_capture(four_faces, tmp_path, monkeypatch, capsys):
     fitter = FakeFitter()
     monkeypatch.setattr(pipeline, "ModelFitter", lambda size, device: fitter)

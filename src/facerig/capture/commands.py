@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     device = f"cuda:{local_rank}" if args.device == "cuda" else "cpu"
     cfg = CaptureConfig(size=args.size, all_faces=args.all_faces, batch_size=args.batch_size, device=device, workers=args.workers, upsample=args.upsample)
     identities = read_identities(args.identities) if args.identities else None
-    sources, unassigned = assign_albums(collect_sources(args.inputs), identities, args.album)
+    ignored: dict[str, str] = {}
+    sources, unassigned = assign_albums(collect_sources(args.inputs, args.out, ignored), identities, args.album)
     summary = Capture(args.out, cfg, rank=rank, world_size=world).run(sources, unassigned, limit=args.limit)
-    report = {"rank": rank, "inputs": summary.inputs, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed, "reasons": dict(summary.reasons)}
+    report = {"rank": rank, "inputs": summary.inputs, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed, "reasons": dict(summary.reasons),
+              "ignored": ignored}
     print(json.dumps(report), file=sys.stdout)
     return 0

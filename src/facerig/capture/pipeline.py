@@ -96,26 +96,51 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def collect_sources(inputs: list[str]) -> list[Source]:
+def collect_sources(inputs: list[str], out: str | Path | None = None, ignored: dict[str, str] | None = None) -> list[Source]:
     """Files, folders (searched recursively for images) and globs -> sources with stable keys, sorted.
 
     A key is the path relative to the folder (or glob root) it was found under, or the file name of a file
     given directly, so reruns with the same arguments produce the same keys from any working directory.
+    The dataset folder ``out`` is never searched (its preview.png is no training face). What a folder
+    search passes over (links to folders, broken links, special files, non-image names, ``out``) is added
+    to ``ignored`` as {path: reason}, so the summary can list it.
     """
     found: dict[str, Path] = {}
+    out = Path(out).resolve() if out is not None else None
+    ignored = {} if ignored is None else ignored
 
     def add(path: Path, key: str) -> None:
         path = path.resolve()
+        if out is not None and (path == out or out in path.parents):
+            ignored[str(path)] = "inside the output folder"
+            return
         if key in found and found[key] != path:
             raise ValueError(f"two inputs share the key {key!r}: {found[key]} and {path}; capture them into separate datasets or pass their common folder")
         found[key] = path
 
+    def search(root: Path) -> None:
+        for folder, subfolders, files in os.walk(root):
+            folder = Path(folder)
+            for name in list(subfolders):  # os.walk lists links to folders here but does not enter them
+                sub = folder / name
+                if sub.is_symlink() or sub.resolve() == out:
+                    subfolders.remove(name)
+                    ignored[str(sub)] = "the output folder" if sub.resolve() == out else "link to a folder (not followed)"
+            for name in files:
+                f = folder / name
+                if not f.exists():
+                    ignored[str(f)] = "broken link"
+                elif not f.is_file():
+                    ignored[str(f)] = "not a regular file"
+                elif f.suffix.lower() not in IMAGE_SUFFIXES:
+                    ignored[str(f)] = "not an image file name (name it on the command line to try it)"
+                else:
+                    add(f, f.relative_to(root).as_posix())
+
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    add(f, f.relative_to(p).as_posix())
+            search(p)
         elif p.is_file():
             add(p, p.name)  # given explicitly: tried whatever its suffix, so a bad file gets a reason
         elif glob.has_magic(item):
