@@ -45,6 +45,7 @@ class FakeResult:
     buffers: FakeBuffers
     landmark_error: torch.Tensor
     photometric_error: torch.Tensor
+    landmarks: torch.Tensor
 
 
 class FakeFitter:
@@ -75,7 +76,7 @@ class FakeFitter:
         if self.nan_at is not None:
             lmk_err[self.nan_at] = float("nan")
         normal = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(b, 3, s, s)
-        return FakeResult(params, FakeBuffers(images * 0.5, normal, images, mask), lmk_err, images.mean((1, 2, 3)))
+        return FakeResult(params, FakeBuffers(images * 0.5, normal, images, mask), lmk_err, images.mean((1, 2, 3)), landmarks + 1)
 
 
 def by_key(root: Path) -> dict[str, dict]:
@@ -170,6 +171,7 @@ def test_stored_items_are_what_the_fitter_returned(bad_batch):
     assert_close(item.params["expression"], torch.from_numpy(lm).mean(0).float(), atol=1e-5)
     assert by_key(out)["good.png"]["landmark_error"] == pytest.approx(float(lm[:, 0].mean()) / 100, abs=1e-4)
     assert (lm > 0).all() and (lm < SIZE).all(), "crop landmarks lie inside the crop"
+    assert_close(shard_row(out, "good.png", "fitted_landmarks"), lm + 1, atol=1e-5)  # the fit's own 68 landmarks
     preview = Image.open(out / "preview.png")
     assert preview.width > 3 * SIZE and preview.height > SIZE
 

@@ -296,6 +296,7 @@ def fit_faces(items: list[PreparedFace], fitter: FitFn, cfg: CaptureConfig, albu
         "mask": (buffers.mask.detach().cpu() > 0.5).to(torch.uint8),
         "transform": torch.from_numpy(np.stack([it.transform for it in items])).float(),
         "landmarks": landmarks,
+        "fitted_landmarks": result.landmarks.detach().float().cpu(),
         **_batched_params(result.params.to_dict(), n),
     }
     lmk_err = result.landmark_error.detach().float().cpu()
