@@ -6,9 +6,10 @@ centre of the top-left pixel is (0.5, 0.5). dlib's integer landmark indices ther
 ``quad + 0.5`` before PIL's QUAD transform is the same shift). A transform is a 3x3 homogeneous matrix
 ``dst <- src`` acting on column vectors (x, y, 1).
 
-Unlike FFHQ, photos are not shrunk-then-resized and the padding is not blurred towards the median colour;
-out-of-photo regions are filled by reflection. A crop much smaller than its source region is box-reduced
-by an integer factor first (folded into the transform), so bilinear sampling does not alias.
+Unlike FFHQ, photos are not shrunk-then-resized. Out-of-photo regions are padded as FFHQ pads them:
+reflection, blended towards a blurred copy and then the median colour the further out it lies, so no
+mirrored eye or face shows in the crop. A crop much smaller than its source region is box-reduced by an
+integer factor first (folded into the transform), so bilinear sampling does not alias.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 
 def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
@@ -76,6 +77,30 @@ def warp_affine(images: torch.Tensor, transform: torch.Tensor, size: tuple[int, 
     return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
+def soften_padding(region: np.ndarray, region_to_image: np.ndarray, photo_size: tuple[int, int], corners: np.ndarray) -> np.ndarray:
+    """FFHQ's ``recreate_aligned_images`` treatment of a reflection-padded (H,W,3) uint8 ``region``: blend
+    towards a Gaussian-blurred copy (sigma 0.02 quad sides) from just inside each photo edge, then towards
+    the median colour, fully at FFHQ's padded border (the quad's overhang plus 0.1, at least 0.3 quad sides).
+
+    ``region_to_image`` (3x3, scale and shift) maps region pixels to photo pixels; ``corners`` (4,2) are the
+    crop quad's corners in the photo (top-left, bottom-left, bottom-right, top-right); ``photo_size`` (W,H).
+    """
+    w, h = photo_size
+    k, (x0, y0) = region_to_image[0, 0], region_to_image[:2, 2]
+    qsize = float(np.hypot(*(corners[3] - corners[0])))
+    lo, hi = corners.min(0), corners.max(0)
+    ramp = np.maximum(np.maximum([-lo[0], -lo[1], hi[0] - w, hi[1] - h], 0) + 0.1 * qsize, 0.3 * qsize)  # left, top, right, bottom
+    x = (np.arange(region.shape[1]) + 0.5) * k + x0
+    y = (np.arange(region.shape[0]) + 0.5) * k + y0
+    # distance outside the nearest-violated photo edge in ramp widths: 0 on the edge, 1 at the padded border
+    mask = np.maximum(np.maximum(-x / ramp[0], (x - w) / ramp[2])[None, :], np.maximum(-y / ramp[1], (y - h) / ramp[3])[:, None])[..., None]
+    img = region.astype(np.float32)
+    blurred = np.asarray(Image.fromarray(region).filter(ImageFilter.GaussianBlur(float(0.02 * qsize / k))), np.float32)
+    img += (blurred - img) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+    img += (np.median(img, axis=(0, 1)) - img) * np.clip(mask, 0.0, 1.0)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
 @dataclass
 class AlignedFace:
     image: np.ndarray  # (S,S,3) uint8 crop
@@ -97,7 +122,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, to_ori
     k = max(1, int(np.linalg.norm(image_from_crop[:2, 0])))
     h, w = image.shape[:2]
     corners = transform_points(image_from_crop, np.array([[0.0, 0.0], [0.0, size], [size, size], [size, 0.0]]))
-    # only the photo under the crop (plus a bilinear margin) is touched; what lies outside it is mirrored in
+    # only the photo under the crop (plus a bilinear margin) is touched; what lies outside it is padded
     x0, y0 = np.floor(corners.min(0)).astype(int) - 2 * k
     x1, y1 = np.ceil(corners.max(0)).astype(int) + 2 * k
     (cx0, cx1), (cy0, cy1) = np.clip([x0, x1], 0, w), np.clip([y0, y1], 0, h)
@@ -105,11 +130,14 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, to_ori
         raise ValueError(f"the face's crop ({x0},{y0})-({x1},{y1}) lies outside the {w}x{h} image")
     region = image[cy0:cy1, cx0:cx1]
     pad = ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0))
-    if any(p for p in pad[0] + pad[1]):
+    padded = any(p for p in pad[0] + pad[1])
+    if padded:
         region = np.pad(region, pad, mode="symmetric")
     if k > 1:
         region = np.asarray(Image.fromarray(region).reduce(k))
     region_to_image = np.array([[k, 0, x0], [0, k, y0], [0, 0, 1]], dtype=np.float64)
+    if padded:
+        region = soften_padding(region, region_to_image, (w, h), corners)
     # PIL's AFFINE takes the crop -> source map in the same continuous convention (it samples at pixel
     # centres, +0.5); single-threaded C, which beats torch's threads on these small images
     region_from_crop = np.linalg.inv(crop_from_image @ region_to_image)
