@@ -182,6 +182,7 @@ def test_without_recapture_edit_accuracy_says_why(edits_run):
     result = evaluate_folder(edits_run.edits)
     s = summarize(result)
     assert s["edit_accuracy"]["status"] == "not computed" and "re-capture" in s["edit_accuracy"]["reason"]
+    assert "not wired" not in s["edit_accuracy"]["reason"], "facerig eval re-captures unless --no-recapture"
     assert s["frechet"]["edited_vs_real"] is None and s["frechet"]["reason"] == "no --real folder given"
 
 

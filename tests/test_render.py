@@ -191,3 +191,18 @@ def test_render_command_reports_bad_params(tmp_path, capsys):
     bad.write_text("{not json")
     assert main(["render", "--params", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "p.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_render_command_reports_unusable_out_and_refused_model(tmp_path, capsys):
+    """One line naming the file and the reason, exit code 2: no traceback."""
+    import pickle
+
+    (tmp_path / "file").write_text("")
+    assert main(["render", "--random", "1", "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'file'}: cannot be the output folder" in err[0], err
+    bad = tmp_path / "generic_model.pkl"
+    bad.write_bytes(pickle.dumps({"f": print}, protocol=2))  # a global FLAME files never hold
+    assert main(["render", "--random", "1", "--model", "flame", "--model-path", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bad}: refusing to load" in err[0], err

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from facerig.io import atomic_save_safetensors, atomic_write_json, fsync_path
+from facerig.io import atomic_save_safetensors, atomic_write_json, fsync_path, writable_folder
 
 FORMAT = "facerig-capture"
 VERSION = 1
@@ -76,20 +76,14 @@ class ShardWriter:
     def __init__(self, root: str | Path, image_size: int, rank: int = 0, info: dict | None = None):
         self.root = Path(root)
         self.rank = rank
+        writable_folder(self.root / "shards", "dataset folder")
         info_path = self.root / "info.json"
-        try:
-            (self.root / "shards").mkdir(parents=True, exist_ok=True)
-            if info_path.exists():
-                existing = json.loads(info_path.read_text())
-                if existing.get("image_size") != image_size:
-                    raise ValueError(f"{info_path}: dataset has image_size {existing.get('image_size')}, asked for {image_size}")
-            elif rank == 0:
-                atomic_write_json(info_path, {"format": FORMAT, "version": VERSION, "image_size": image_size, **(info or {})})
-            open(self.root / f".lock.r{rank}", "a").close()  # proves the folder writable before any work
-        except (FileExistsError, NotADirectoryError):  # a file where the folder (or a parent) should be
-            raise ValueError(f"{self.root}: cannot be a dataset folder: it, or a folder above it, is a file") from None
-        except PermissionError as exc:
-            raise ValueError(f"{self.root}: dataset folder is not writable ({exc.strerror}: {exc.filename})") from None
+        if info_path.exists():
+            existing = json.loads(info_path.read_text())
+            if existing.get("image_size") != image_size:
+                raise ValueError(f"{info_path}: dataset has image_size {existing.get('image_size')}, asked for {image_size}")
+        elif rank == 0:
+            atomic_write_json(info_path, {"format": FORMAT, "version": VERSION, "image_size": image_size, **(info or {})})
         self.manifest = self.root / ("manifest.jsonl" if rank == 0 else f"manifest.r{rank}.jsonl")
         self.next_shard = self._first_free_shard()
 

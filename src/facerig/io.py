@@ -64,6 +64,20 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
+def writable_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create ``path`` and check that files can be made in it, before any work: a ValueError naming it (which
+    the CLI prints as one line, exit code 2) instead of an OSError traceback half-way through a job."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{path}: cannot be the {what}: it, or a folder above it, is a file") from None
+    except PermissionError as exc:
+        raise ValueError(f"{path}: {what} is not writable ({exc.strerror})") from None
+    return path
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 

@@ -149,7 +149,7 @@ def evaluate_folder(
     if reconstructions:
         edit_reason = "reconstruction mode"
     elif recapture is None:
-        edit_reason = "no re-capture function given (facerig capture is not wired into facerig eval yet)"
+        edit_reason = "no re-capture function given (facerig eval --no-recapture)"
     else:
         edit_reason = ""
     result = EvalResult(edits, reconstructions, threshold, [], album_emb, real_emb, edit_reason)

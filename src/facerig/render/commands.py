@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from facerig.face3d import MODELS, FaceParams, load_model
 from facerig.face3d.model import random_params
-from facerig.io import contact_sheet, to_uint8_image
+from facerig.io import contact_sheet, to_uint8_image, writable_folder
 from facerig.render.renderer import PROJECTIONS, Buffers, Renderer, RenderConfig
 
 
@@ -53,6 +53,7 @@ def buffer_images(buffers: Buffers, i: int) -> dict[str, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
+    writable_folder(args.out)
     model = load_model(args.model, args.model_path)
     if args.params is not None:
         params = FaceParams.from_json(args.params)
@@ -64,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
     renderer = Renderer(model, RenderConfig(args.size, args.projection))
     with torch.no_grad():
         buffers = renderer(params)
-    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(params.batch_size):
         imgs = buffer_images(buffers, i)
