@@ -5,7 +5,7 @@ encoder, P2 loss, no optimizer step), per batch. ``sample_ms_per_step``: one DDI
 call and the scheduler update, latent precomputed), per batch. Medians over ``--repeats``.
 
     python benchmarks/denoiser.py --configs tiny,small --batch-size 2 --device cpu
-    python benchmarks/denoiser.py --configs tiny,small,paper --batch-size 8 --device cuda --bf16
+    python benchmarks/denoiser.py --configs tiny,small,paper --batch-size 8 --device cuda --precision bf16
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import time
 import torch
 
 from facerig.diffusion.model import CONFIGS, DiffusionRig, count_parameters
-from facerig.diffusion.process import denoiser_fn, make_scheduler, sample, training_loss
+from facerig import runtime
+from facerig.diffusion.process import DEFAULT_SCHEDULE, denoiser_fn, sample, training_loss
 
 OFFICIAL_PARAMETERS = 144_610_179
 
@@ -42,22 +43,21 @@ def _timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
     return statistics.median(times) * 1000.0
 
 
-def bench_config(name: str, batch_size: int, device: torch.device, bf16: bool, warmup: int, repeats: int,
+def bench_config(name: str, batch_size: int, device: torch.device, precision: str, warmup: int, repeats: int,
                  sample_steps: int) -> dict:
     cfg = CONFIGS[name]
     torch.manual_seed(0)
-    model = DiffusionRig(cfg).to(device)
+    model = DiffusionRig(cfg).to(device).use_memory_format(runtime.memory_format(precision))
     s = cfg.image_size
     batch = {"image": torch.rand(batch_size, 3, s, s, device=device) * 2 - 1,
              "buffers": torch.rand(batch_size, 9, s, s, device=device)}
-    sched = make_scheduler("ddpm")
     gen = torch.Generator(device).manual_seed(0)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    autocast = lambda: runtime.autocast(device, precision)  # noqa: E731
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
         with autocast():
-            loss = training_loss(model, batch, sched, 1.0, 1.0, gen)["loss"]
+            loss = training_loss(model, batch, DEFAULT_SCHEDULE, 1.0, 1.0, gen)["loss"]
         loss.backward()
 
     model.train()
@@ -83,15 +83,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--configs", default="tiny,small", help="comma-separated configs (paper is slow on CPU)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--precision", choices=runtime.PRECISIONS, default="fp32")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sample-steps", type=int, default=5, help="DDIM steps per timed sampling run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.configure_threads(args.threads)
     device = torch.device(args.device)
+    precision = runtime.resolve_precision(args.precision, device)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        "bf16": args.bf16, "sample_steps": args.sample_steps, "repeats": args.repeats,
+        "precision": precision, "sample_steps": args.sample_steps, "repeats": args.repeats,
         "paper_parameters": paper_params, "official_parameters": OFFICIAL_PARAMETERS,
         "paper_matches_official": paper_params == OFFICIAL_PARAMETERS,
-        "configs": {n: bench_config(n, args.batch_size, device, args.bf16, args.warmup, args.repeats, args.sample_steps)
+        "configs": {n: bench_config(n, args.batch_size, device, precision, args.warmup, args.repeats, args.sample_steps)
                     for n in names},
     }
     print(json.dumps(report, indent=2))

@@ -105,3 +105,19 @@ def test_landmark_calibration_recovers_a_detector_convention(ict):
     indices, before, after = calibrate_landmarks(ict, params, detected, 128)
     assert indices[30] == shifted and after[30] < 1e-3 < before[30]
     assert indices[36] == int(ict.landmark_vertices[36, 0])  # already right: unchanged
+
+
+def test_fit_adam_is_torch_adam_step_for_step():
+    from facerig.capture.fit import Adam
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(5, 3, generator=g).requires_grad_(), torch.randn(7, generator=g).requires_grad_()]
+    theirs = [t.detach().clone().requires_grad_() for t in ours]
+    opts = Adam(ours, lr=0.01), torch.optim.Adam(theirs, lr=0.01, foreach=False)
+    for _ in range(25):
+        for params, opt in zip((ours, theirs), opts):
+            opt.zero_grad()
+            ((params[0] ** 3).sum() + params[1].sin().sum()).backward()
+            opt.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)

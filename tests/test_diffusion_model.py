@@ -75,6 +75,58 @@ def test_config_dict_round_trip_and_errors():
         ModelConfig(image_size=96)
 
 
+def test_absurd_configs_are_refused_before_building(tmp_path):
+    from facerig.diffusion.checkpoint import load_checkpoint, save_weights
+
+    for bad in ({"num_res_blocks": 3000}, {"model_channels": 100_000}, {"channel_mult": (1,) * 40},
+                {"latent_dim": 10**9}, {"dropout": 1.0}):
+        with pytest.raises(ValueError, match="outside"):
+            ModelConfig.from_dict({**CONFIGS["tiny"].to_dict(), **bad})
+    # A weights file whose metadata asks for 3,000 res blocks is refused by its config, not after building it.
+    path = tmp_path / "hostile.safetensors"
+    save_weights({"x": torch.zeros(1)}, path, CONFIGS["tiny"], 0)
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(path), path, metadata={"format": "facerig-diffusionrig", "step": "0", "config": json.dumps(
+        {**CONFIGS["tiny"].to_dict(), "num_res_blocks": 3000})})
+    with pytest.raises(ValueError, match="num_res_blocks=3000 is outside"):
+        load_checkpoint(path)
+
+
+def test_fast_path_is_within_documented_tolerance_of_fp32():
+    """bf16 autocast + channels_last against fp32 on the shipped model (docs/diffusion.md, "Precision")."""
+    from pathlib import Path
+
+    from facerig import runtime
+    from facerig.diffusion.checkpoint import load_checkpoint
+    from facerig.diffusion.process import DEFAULT_SCHEDULE, ddim_sample, denoiser_fn, training_loss
+
+    model, _ = load_checkpoint(Path(__file__).parents[1] / "models" / "diffusionrig-tiny-celeba64.safetensors")
+    g = torch.Generator().manual_seed(0)
+    image, buffers = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1, torch.rand(2, 9, 64, 64, generator=g)
+    x, t = torch.randn(2, 3, 64, 64, generator=g), torch.tensor([100, 800])
+
+    def run(precision):
+        model.use_memory_format(runtime.memory_format(precision))
+        with torch.no_grad(), runtime.autocast("cpu", precision):
+            cond = {"buffers": buffers, "latent": model.encode(image).float()}
+            eps = denoiser_fn(model)(x, t, cond).float()
+            traj = ddim_sample(denoiser_fn(model), x, cond, 10)
+        model.train()
+        with runtime.autocast("cpu", precision):
+            loss = training_loss(model, {"image": image, "buffers": buffers}, DEFAULT_SCHEDULE, 1.0, 1.0,
+                                 torch.Generator().manual_seed(3))["loss"].item()
+        model.eval()
+        return eps, traj, loss
+
+    torch.manual_seed(0)
+    eps32, traj32, loss32 = run("fp32")
+    torch.manual_seed(0)  # same dropout draws
+    eps16, traj16, loss16 = run("bf16")
+    assert (eps16 - eps32).pow(2).mean().sqrt() <= 0.01 * eps32.pow(2).mean().sqrt()
+    assert abs(loss16 - loss32) <= 0.02 * loss32
+    assert (traj16 - traj32).abs().mean() <= 0.01 and (traj16 - traj32).abs().max() <= 0.15
+
+
 def test_official_checkpoint_load_and_export_round_trip(reference, tmp_path):
     """A random state dict with exactly the official keys and shapes, saved as the official code would."""
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,8 @@ import torch
 
 from facerig.diffusion.model import DiffusionRig
 from facerig.diffusion.process import (
-    ddim_invert, denoiser_fn, make_scheduler, p2_weights, sample, training_loss,
+    DEFAULT_SCHEDULE, NoiseSchedule, SamplerStep, ddim_invert, ddim_sample, denoiser_fn, make_scheduler, p2_weights,
+    sample, training_loss,
 )
 from helpers import assert_close
 
@@ -18,16 +19,102 @@ def _official_alphas_cumprod() -> np.ndarray:
 
 
 def test_schedule_is_official_linear_1000():
-    sched = make_scheduler("ddpm")
-    assert sched.config.num_train_timesteps == 1000
-    assert_close(sched.alphas_cumprod.double(), torch.from_numpy(_official_alphas_cumprod()), atol=1e-6, rtol=1e-4)
+    assert DEFAULT_SCHEDULE.num_train_timesteps == 1000
+    assert_close(DEFAULT_SCHEDULE.alphas_cumprod, torch.from_numpy(_official_alphas_cumprod()), atol=1e-12, rtol=1e-12)
+    # diffusers' DDPM scheduler (used for ddpm sampling) has the same schedule, in float32.
+    assert_close(make_scheduler("ddpm").alphas_cumprod.double(), DEFAULT_SCHEDULE.alphas_cumprod, atol=1e-6, rtol=1e-4)
 
 
-def test_ddim_timesteps_match_official_respacing():
-    sched = make_scheduler("ddim")
+def _official_space_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """guided-diffusion's space_timesteps(num_timesteps, f"ddim{count}"), as a descending list."""
+    for i in range(1, num_timesteps):
+        if len(range(0, num_timesteps, i)) == count:
+            return sorted(set(range(0, num_timesteps, i)), reverse=True)
+    raise ValueError(count)
+
+
+@pytest.mark.parametrize("steps", [20, 30, 50, 250])
+def test_ddim_timesteps_match_official_respacing(steps):
+    assert DEFAULT_SCHEDULE.ddim_timesteps(steps) == _official_space_timesteps(1000, steps)
+    with pytest.raises(ValueError, match="DDIM steps"):
+        DEFAULT_SCHEDULE.ddim_timesteps(0)
+
+
+def _official_ddim_sample(model_fn, x, cond, steps, clip):
+    """guided-diffusion's ddim_sample_loop (eta 0) on the respaced process, written out from its code."""
+    ac = _official_alphas_cumprod()
+    ts = _official_space_timesteps(1000, steps)
+    x = x.double()
+    for i, t in enumerate(ts):
+        a_t = ac[t]
+        a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else 1.0
+        eps = model_fn(x.float(), torch.full((x.shape[0],), t), cond).double()
+        pred_xstart = np.sqrt(1.0 / a_t) * x - np.sqrt(1.0 / a_t - 1) * eps  # _predict_xstart_from_eps
+        if clip:
+            pred_xstart = pred_xstart.clamp(-1, 1)
+        eps = (np.sqrt(1.0 / a_t) * x - pred_xstart) / np.sqrt(1.0 / a_t - 1)  # _predict_eps_from_xstart
+        x = pred_xstart * np.sqrt(a_prev) + np.sqrt(1 - a_prev) * eps
+    return x.float()
+
+
+def _x_dependent_model(x, t, cond):
+    """An epsilon that depends on x and t and pushes x_0 predictions past [-1, 1], so clipping matters."""
+    return torch.tanh(1.5 * x + cond) * torch.cos(t.float() / 400.0)[:, None, None, None] + 0.3 * cond
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddim_equals_official_update(clip):
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = ddim_sample(_x_dependent_model, x_T, cond, 20, clip_denoised=clip)
+    ref = _official_ddim_sample(_x_dependent_model, x_T, cond, 20, clip)
+    # Unclipped, x_0 predictions reach hundreds here: float32 then holds them to about 1e-7 relative.
+    assert_close(ours, ref, atol=1e-5, rtol=0 if clip else 1e-6)
+    if clip:  # the raw-epsilon variant (diffusers' default) is a different sampler
+        assert (ours - ddim_sample(_x_dependent_model, x_T, cond, 20, clip_denoised=False)).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddim_equals_diffusers_with_clipped_model_output(clip):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                          clip_sample=clip, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
     sched.set_timesteps(20)
-    # guided-diffusion space_timesteps(1000, "ddim20") = range(0, 1000, 50)
-    assert sched.timesteps.tolist() == list(range(950, -1, -50))
+    assert sched.timesteps.tolist() == DEFAULT_SCHEDULE.ddim_timesteps(20)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = ddim_sample(_x_dependent_model, x, cond, 20, clip_denoised=clip)
+    for t in sched.timesteps:
+        eps = _x_dependent_model(x, t.expand(2), cond)
+        x = sched.step(eps, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+    assert_close(ours, x, atol=1e-5, rtol=0 if clip else 1e-6)
+
+
+def test_ddim_invert_equals_diffusers_inverse_scheduler():
+    from diffusers import DDIMInverseScheduler
+
+    sched = DDIMInverseScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                                 clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+    sched.set_timesteps(20)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cond = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = ddim_invert(_x_dependent_model, x, cond, 20)
+    for t in sched.timesteps:
+        x = sched.step(_x_dependent_model(x, t.expand(2), cond), t, x).prev_sample
+    assert_close(ours, x, atol=1e-5, rtol=0)
+
+
+def test_sampler_callback_reports_every_step():
+    seen: list[SamplerStep] = []
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = ddim_sample(_x_dependent_model, x_T, torch.zeros_like(x_T), 10, callback=seen.append)
+    assert [s.index for s in seen] == list(range(10)) and all(s.total == 10 for s in seen)
+    assert [s.timestep for s in seen] == DEFAULT_SCHEDULE.ddim_timesteps(10)
+    assert torch.equal(seen[-1].x, out) and torch.equal(seen[-1].denoised, out)  # the last step lands on x_0
+    inv = []
+    ddim_invert(_x_dependent_model, out, torch.zeros_like(x_T), 10, callback=inv.append)
+    assert [s.timestep for s in inv] == DEFAULT_SCHEDULE.ddim_timesteps(10)[::-1]
 
 
 def test_p2_weights():
@@ -47,7 +134,7 @@ class _Echo(torch.nn.Module):
 
 
 def test_training_loss_is_p2_weighted_epsilon_mse():
-    sched = make_scheduler("ddpm")
+    sched = NoiseSchedule()
     batch = {"image": torch.rand(4, 3, 8, 8) * 2 - 1, "buffers": torch.rand(4, 9, 8, 8)}
     model = _Echo()
     out = training_loss(model, batch, sched, gamma=0.0, k=1.0, generator=torch.Generator().manual_seed(3))
@@ -55,7 +142,7 @@ def test_training_loss_is_p2_weighted_epsilon_mse():
     g = torch.Generator().manual_seed(3)
     t = torch.randint(0, 1000, (4,), generator=g)
     noise = torch.randn(4, 3, 8, 8, generator=g)
-    ac = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    ac = sched.alphas_cumprod[t].float().view(-1, 1, 1, 1)
     x_t = ac.sqrt() * batch["image"] + (1 - ac).sqrt() * noise
     per_item = ((model(x_t, t, batch["buffers"]) - noise) ** 2).mean(dim=(1, 2, 3))
     assert_close(out["loss"], per_item.mean(), atol=1e-5)
@@ -95,8 +182,7 @@ def test_ddim_invert_round_trip_on_tiny_diffusionrig():
     x_T = ddim_invert(fn, x0, cond, steps=steps)
     err = (sample(fn, x_T, cond, "ddim", steps, clip_denoised=False) - x0).abs().mean()
     # Reference: the same sampler from a forward-diffused (not inverted) x_T.
-    sched = make_scheduler("ddim")
-    noisy = sched.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)), torch.tensor([950]))
+    noisy = DEFAULT_SCHEDULE.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)), torch.tensor([950]))
     ref_err = (sample(fn, noisy, cond, "ddim", steps, clip_denoised=False) - x0).abs().mean()
     assert err < 0.15, err
     assert err < 0.01 * ref_err, (err, ref_err)
@@ -118,5 +204,7 @@ def test_samplers_share_signature_and_clip(name):
 def test_unknown_scheduler():
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_scheduler("euler")
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        sample(_t_only_model, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), "euler", 5)
     with pytest.raises(ValueError, match="ddim_invert"):
         sample(_t_only_model, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), "ddim_inverse", 5)

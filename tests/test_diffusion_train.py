@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -142,6 +143,39 @@ def test_stage2_freezes_encoder_weights_and_statistics(dataset, full_run, tmp_pa
     assert n_opt == sum(1 for k, _ in init.named_parameters() if k.startswith("denoisingUNet."))
 
 
+def test_resume_refuses_changed_run_settings_and_applies_the_rest(dataset, full_run, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(full_run, out)
+    for change in ({"seed": 8}, {"data": str(tmp_path)}, {"model": "small"}, {"holdout": 3}):
+        cfg = dataclasses.replace(_cfg(dataset, out, resume=True, steps=8), **change)
+        with pytest.raises(ValueError, match="settings that define the run changed.*" + next(iter(change))):
+            train(cfg)
+    train(_cfg(dataset, out, resume=True, steps=8, lr=3e-5, log_every=1))
+    meta = json.loads((out / "checkpoints" / "step_00000008" / "trainer.json").read_text())
+    assert meta["train_config"]["lr"] == 3e-5
+    assert all(g["lr"] == 3e-5 for g in meta["optimizer"]["param_groups"])  # used, not only recorded
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log if r["step"] > 6] == [3e-5, 3e-5]
+
+
+def test_log_is_flushed_every_log_every_steps_and_stops_on_nan(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    real_loss = train_mod.training_loss
+    calls = {"n": 0}
+
+    def nan_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        out_ = real_loss(*args, **kwargs)
+        if calls["n"] == 3:
+            out_["loss"] = out_["loss"] * float("nan")
+        return out_
+
+    monkeypatch.setattr(train_mod, "training_loss", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match="step 3: loss is nan"):
+        train(_cfg(dataset, out, log_every=4, ckpt_every=100, sample_every=100))
+    assert not (out / "latest.json").exists()  # the NaN was caught before any checkpoint
+
+
 def test_stage2_needs_init(dataset, tmp_path):
     with pytest.raises(ValueError, match="init"):
         train(_cfg(dataset, tmp_path / "x", stage=2))
@@ -180,11 +214,17 @@ def test_cli_parses_into_train_config(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "train", lambda cfg: seen.setdefault("cfg", cfg) and tmp_path)
     args = parser.parse_args(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--config", "tiny",
                               "--stage", "2", "--init", "ck", "--steps", "9", "--batch-size", "3", "--lr", "2e-5",
-                              "--resume", "--ema", "0.999", "--bf16", "--sample-every", "4", "--ckpt-every", "5"])
+                              "--resume", "--ema", "0.999", "--precision", "bf16", "--sample-every", "4",
+                              "--ckpt-every", "5"])
     assert args.func(args) == 0
     cfg = seen["cfg"]
-    assert (cfg.model, cfg.stage, cfg.init, cfg.steps, cfg.batch_size, cfg.lr, cfg.resume, cfg.ema, cfg.bf16,
-            cfg.sample_every, cfg.ckpt_every) == ("tiny", 2, "ck", 9, 3, 2e-5, True, 0.999, True, 4, 5)
+    assert (cfg.model, cfg.stage, cfg.init, cfg.steps, cfg.batch_size, cfg.lr, cfg.resume, cfg.ema, cfg.precision,
+            cfg.sample_every, cfg.ckpt_every) == ("tiny", 2, "ck", 9, 3, 2e-5, True, 0.999, "bf16", 4, 5)
+    # Every option's default is the TrainConfig field's default (one source).
+    defaults = parser.parse_args(["train", "--data", "d", "--out", "o"])
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            assert getattr(defaults, f.name) == f.default, f.name
 
 
 @pytest.mark.slow

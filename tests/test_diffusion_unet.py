@@ -3,7 +3,11 @@ import math
 import pytest
 import torch
 
-from facerig.diffusion.unet import AttentionBlock, DiffusionRigUNet, ResBlock, timestep_embedding
+import torch.nn.functional as F
+
+from facerig.diffusion.unet import (
+    AttentionBlock, DiffusionRigUNet, FastDropout, GroupNorm32, ResBlock, timestep_embedding,
+)
 from helpers import assert_close
 
 
@@ -95,3 +99,46 @@ def test_attention_matches_guided_diffusion_legacy_qkv(heads):
 def test_attention_rejects_bad_head_channels():
     with pytest.raises(ValueError, match="divisible"):
         AttentionBlock(64, num_head_channels=48)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_norm_film_silu_matches_its_definition_with_gradients(channels_last):
+    from facerig.diffusion.unet import _NormFiLMSiLU
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 5, 5, dtype=torch.float64, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = [x.requires_grad_()] + [torch.randn(*s, dtype=torch.float64, generator=g).requires_grad_()
+                                   for s in ((64,), (64,), (2, 64), (2, 64))]
+    fused = lambda *a: _NormFiLMSiLU.apply(*a, 32, 1e-5)  # noqa: E731
+    w, b, scale, shift = args[1:]
+    ref = F.silu(F.group_norm(x, 32, w, b, 1e-5) * scale[..., None, None] + shift[..., None, None])
+    out = fused(*args)
+    assert_close(out, ref, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last  # stays in the input's layout
+    assert torch.autograd.gradcheck(fused, tuple(args))
+
+
+def test_fused_norm_accepts_a_batch_of_one_with_any_batch_stride():
+    from facerig.diffusion.unet import norm_film_silu
+
+    norm = GroupNorm32(64)
+    # What cat can return for a batch of one: channels_last strides with an arbitrary batch stride.
+    x = torch.randn(1, 64, 4, 4).contiguous(memory_format=torch.channels_last).as_strided((1, 64, 4, 4), (64, 1, 256, 64))
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.stride(0) != x[0].numel()
+    assert_close(norm_film_silu(norm, x), F.silu(norm(x)), atol=1e-5)
+
+
+def test_fast_dropout_is_inverted_dropout():
+    drop = FastDropout(0.1)
+    x = torch.ones(400_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.003
+    assert torch.all(y[kept] == 1 / 0.9) and abs(y.mean().item() - 1) < 0.01
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, y.detach())  # the gradient is masked and scaled the same way
+    assert not torch.equal(kept, drop(x) != 0)  # a fresh mask each call
+    drop.eval()
+    assert drop(x) is x

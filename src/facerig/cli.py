@@ -1,4 +1,8 @@
-"""The ``facerig`` command. Each concept module contributes its subcommands through ``register``."""
+"""The ``facerig`` command. Each concept module contributes its subcommands through ``register``.
+
+Only the module of the command being run is imported: the others would pull in torch, dlib or matplotlib
+for nothing (``facerig --help`` imports none of them). Every subcommand gets ``--threads``.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,45 @@ import argparse
 import importlib
 import sys
 
-# Modules with a ``register(subparsers)`` function; each adds its own subcommands.
-COMMAND_MODULES = [
-    "facerig.render.commands",
-    "facerig.capture.commands",
-    "facerig.eval.commands",
-    "facerig.diffusion.commands",
-]
+# command -> (module with a ``register(subparsers)`` function that adds it, one-line help for the index)
+COMMANDS = {
+    "render": ("facerig.render.commands", "render physical buffers of 3D face parameters as PNGs"),
+    "capture": ("facerig.capture.commands", "photos -> aligned crops, fitted 3D face parameters and buffers"),
+    "train": ("facerig.diffusion.commands", "train DiffusionRig (stage 1: generic prior; stage 2: personal)"),
+    "edit": ("facerig.diffusion.commands", "relight, re-pose or change the expression of a portrait"),
+    "eval": ("facerig.eval.commands", "identity, edit accuracy and reconstruction metrics with a report"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with ``command``'s full options; every other command is listed by its help line only."""
     parser = argparse.ArgumentParser(prog="facerig", description="3D-rigged portrait editing.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).register(sub)
+        from facerig.runtime import add_runtime_arguments
+
+        if "--threads" not in sub.choices[command]._option_string_actions:
+            add_runtime_arguments(sub.choices[command], precision=False)
+    for name, (_, help_text) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_in(argv)
+    args = build_parser(command).parse_args(argv)
     try:
+        if hasattr(args, "threads"):
+            from facerig.runtime import configure_threads
+
+            configure_threads(args.threads)
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError) as exc:
         print(f"facerig {args.command}: error: {exc}", file=sys.stderr)

@@ -32,6 +32,37 @@ _GROUP_WEIGHT = {"contour": 1.0, "brows": 1.0, "nose": 1.0, "eyes": 1.5, "mouth"
 DYNAMIC_CONTOUR = (0, 1, 2, 3, 4, 5, 11, 12, 13, 14, 15, 16)
 
 
+class Adam:
+    """``torch.optim.Adam`` (default betas and eps, no weight decay), the same update step for step.
+
+    The first ``torch.optim`` optimizer a process builds imports torch._dynamo (about 0.7 s here), and a
+    single-photo fit sits on the latency path of every edit.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        (b1, b2), self.steps = self.betas, self.steps + 1
+        step_size = self.lr / (1 - b1 ** self.steps)
+        bias_correction2_sqrt = (1 - b2 ** self.steps) ** 0.5
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            if p.grad is None:
+                continue
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / bias_correction2_sqrt).add_(self.eps), value=-step_size)
+
+
 @dataclass
 class FitConfig:
     image_size: int = 256
@@ -191,7 +222,7 @@ class _Fitter:
 
     def optimise(self, names: list[str], iters: int, lr: float) -> None:
         """Adam on the landmark loss plus priors over the named variables."""
-        opt = torch.optim.Adam([self.vars[n].requires_grad_() for n in names], lr=lr)
+        opt = Adam([self.vars[n].requires_grad_() for n in names], lr=lr)
         for it in range(iters):
             opt.zero_grad()
             params = self.params()
@@ -253,7 +284,7 @@ class _Fitter:
                     + cfg.w_light_residual * light["residual"].pow(2).sum((1, 2)))
 
         params_to_fit = [self.vars["albedo"].requires_grad_()] + [t.requires_grad_() for t in light.values()]
-        opt = torch.optim.Adam(params_to_fit, lr=cfg.lr)
+        opt = Adam(params_to_fit, lr=cfg.lr)
         for _ in range(cfg.photo_iters):
             opt.zero_grad()
             err = residual_error(compose())

@@ -7,43 +7,39 @@ initialized from torchrun's environment variables).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from facerig.diffusion.model import CONFIGS
+from facerig.runtime import add_runtime_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from facerig.diffusion.train import TrainConfig
+
     p = subparsers.add_parser(
         "train", help="train DiffusionRig (stage 1: generic prior; stage 2: fine-tune on one person's album)",
         description="Train DiffusionRig on a capture dataset folder. Runs on CPU, one GPU, or under torchrun.",
     )
-    p.add_argument("--data", required=True, help="capture dataset folder (facerig capture output)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, sample grids")
-    p.add_argument("--config", choices=sorted(CONFIGS), default=None,
-                   help="model config (default: the --init checkpoint's, else paper)")
-    p.add_argument("--stage", type=int, choices=(1, 2), default=1)
-    p.add_argument("--steps", type=int, default=50_000, help="total optimizer steps of the run (default 50000)")
-    p.add_argument("--batch-size", type=int, default=4, help="items per process per step (default 4)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 stage 1, 1e-5 stage 2)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (default 1.0)")
-    p.add_argument("--p2-gamma", type=float, default=1.0, help="P2 loss weighting gamma; 0 = plain MSE (default 1)")
-    p.add_argument("--p2-k", type=float, default=1.0, help="P2 loss weighting k (default 1)")
-    p.add_argument("--init", default=None,
-                   help="start from these weights: a facerig run/checkpoint or an official .pt (stage 2 needs it)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--ema", type=float, default=None, metavar="DECAY", help="keep EMA weights, e.g. 0.9999")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (for CUDA)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample-every", type=int, default=1000, help="steps between preview grids (default 1000)")
-    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of a preview (default 20)")
-    p.add_argument("--ckpt-every", type=int, default=5000, help="steps between checkpoints (default 5000)")
-    p.add_argument("--holdout", type=int, default=4, help="last N dataset items held out for previews (default 4)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept on disk (default 2)")
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default 0)")
-    p.add_argument("--device", default=None, help="device without torchrun (default: cuda if available)")
+    add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=_run)
     register_edit(subparsers)
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One option per field of a config dataclass, its default and help taken from the field (one source)."""
+    kinds = {"int": int, "float": float, "str": str}
+    for f in dataclasses.fields(config_cls):
+        meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        help_text = meta.pop("help")
+        required = f.default is dataclasses.MISSING
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        kind = kinds[str(f.type).split("|")[0].strip()]
+        shown = "" if required or f.default is None else f" (default {f.default})"
+        parser.add_argument(flag, dest=f.name, type=kind, required=required,
+                            default=None if required else f.default, help=help_text + shown, **meta)
 
 
 def register_edit(subparsers: argparse._SubParsersAction) -> None:
@@ -72,6 +68,7 @@ def register_edit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same output")
     p.add_argument("--invert", action="store_true", help="start from the source's DDIM inversion (keeps background)")
     p.add_argument("--device", default="cpu")
+    add_runtime_arguments(p)
     p.set_defaults(func=_run_edit)
 
 
@@ -96,7 +93,8 @@ def _run_edit(args: argparse.Namespace) -> int:
         light_intensity=args.light_intensity, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
         expression=parse_expression(args.expr),
     )
-    editor = Editor(args.model, args.device, shape=album_shape(args.album) if args.album else None)
+    editor = Editor(args.model, args.device, shape=album_shape(args.album) if args.album else None,
+                    precision=args.precision)
     result = editor.edit(args.photo, spec, steps=args.steps, seed=args.seed, invert=args.invert)
     folder = Path(args.out) / (args.name or Path(args.photo).stem)
     write_edit(folder, result, spec, editor.face)
@@ -107,13 +105,7 @@ def _run_edit(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from facerig.diffusion.train import TrainConfig, train
 
-    cfg = TrainConfig(
-        data=args.data, out=args.out, model=args.config, stage=args.stage, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        p2_gamma=args.p2_gamma, p2_k=args.p2_k, ema=args.ema, bf16=args.bf16, init=args.init, resume=args.resume,
-        seed=args.seed, sample_every=args.sample_every, sample_steps=args.sample_steps, ckpt_every=args.ckpt_every,
-        holdout=args.holdout, keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers, device=args.device,
-    )
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     final = train(cfg)
     print(f"facerig train: checkpoint {final}")
     return 0

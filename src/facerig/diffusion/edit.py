@@ -24,7 +24,8 @@ from facerig.capture.fit import FitResult
 from facerig.capture.pipeline import capture_photos, stack_faces
 from facerig.dataset import CaptureDataset
 from facerig.diffusion.checkpoint import load_checkpoint
-from facerig.diffusion.process import ddim_invert, denoiser_fn, sample
+from facerig import runtime
+from facerig.diffusion.process import ddim_invert, ddim_sample, denoiser_fn
 from facerig.face3d import FaceParams, MorphableModel, load_model
 from facerig.face3d.rotation import axis_angle_to_euler, euler_to_axis_angle
 from facerig.render import Buffers, Renderer, RenderConfig, directional_light, project
@@ -131,9 +132,11 @@ class Editor:
     """A trained DiffusionRig (generic or personal) plus the face model and renderer that feed it."""
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu", face_model: MorphableModel | None = None,
-                 shape: torch.Tensor | None = None):
+                 shape: torch.Tensor | None = None, precision: str = "auto"):
         self.device = torch.device(device)
+        self.precision = runtime.resolve_precision(precision, self.device)
         self.net, self.config = load_checkpoint(checkpoint, device=self.device)
+        self.net.use_memory_format(runtime.memory_format(self.precision))
         self.face = (face_model if face_model is not None else load_model()).to(self.device)
         self.renderer = Renderer(self.face, RenderConfig(self.config.image_size))
         self.shape = shape.to(self.device) if shape is not None else None
@@ -162,12 +165,14 @@ class Editor:
             latent_image = images[1 + list(targets).index("latent")][None] if "latent" in targets else images[:1]
             latent = self.net.encode(latent_image)
             fn = denoiser_fn(self.net)
-            if invert:
-                x_T = ddim_invert(fn, images[:1], {"buffers": src_buf.condition(), "latent": latent}, steps)
-            else:
-                gen = torch.Generator(device=self.device).manual_seed(seed)
-                x_T = torch.randn(images[:1].shape, generator=gen, device=self.device)
-            out = sample(fn, x_T, {"buffers": tgt_buf.condition(), "latent": latent}, "ddim", steps, clip_denoised=not invert)
+            with runtime.autocast(self.device, self.precision):
+                if invert:
+                    x_T = ddim_invert(fn, images[:1], {"buffers": src_buf.condition(), "latent": latent}, steps)
+                else:
+                    gen = torch.Generator(device=self.device).manual_seed(seed)
+                    x_T = torch.randn(images[:1].shape, generator=gen, device=self.device)
+                out = ddim_sample(fn, x_T, {"buffers": tgt_buf.condition(), "latent": latent}, steps,
+                                  clip_denoised=not invert)
         return EditResult(images[0], out[0].clamp(-1, 1), src_buf, tgt_buf, source, edited, aligned[0])
 
 

@@ -45,12 +45,13 @@ class ResNet18Encoder(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
             cin = w
         self.fc = nn.Linear(512, latent_dim)
+        self.memory_format = torch.contiguous_format  # activation layout (channels_last for bf16 convolutions)
         for m in self.modules():  # torchvision's init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) image in [-1,1] -> (B,latent_dim) global latent."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(image))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(image.contiguous(memory_format=self.memory_format)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(x.mean(dim=(2, 3)), 1))

@@ -8,6 +8,7 @@ state dict of the official ``DiffusionRig`` loads 1:1 and exports back to exactl
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -51,6 +52,17 @@ class ModelConfig:
             object.__setattr__(self, "channel_mult", DEFAULT_CHANNEL_MULT[self.image_size])
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        # Bounds well past any published config, so a corrupt or hostile file fails here, not after
+        # minutes and gigabytes of building.
+        for name, value, low, high in (
+            ("image_size", self.image_size, 8, 1024), ("model_channels", self.model_channels, 32, 512),
+            ("num_res_blocks", self.num_res_blocks, 1, 8), ("levels", len(self.channel_mult), 1, 8),
+            ("channel_mult", max(self.channel_mult), 0.25, 8), ("latent_dim", self.latent_dim, 1, 2048),
+            ("num_heads", self.num_heads, 1, 64), ("in_channels", self.in_channels, 1, 64),
+            ("out_channels", self.out_channels, 1, 64), ("dropout", self.dropout, 0.0, 0.99),
+        ):
+            if not low <= value <= high:
+                raise ValueError(f"model config {name}={value} is outside [{low}, {high}]")
         if self.image_size % 2 ** (len(self.channel_mult) - 1):
             raise ValueError(f"image_size {self.image_size} is not divisible by 2^{len(self.channel_mult) - 1}")
 
@@ -124,6 +136,11 @@ class DiffusionRig(nn.Module):
             dropout=c.dropout, num_heads=c.num_heads, num_head_channels=c.num_head_channels, latent_dim=c.latent_dim,
         )
         self.encoder = ResNet18Encoder(c.latent_dim)
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> "DiffusionRig":
+        """Run both networks' activations in ``memory_format`` (weights and outputs keep theirs)."""
+        self.denoisingUNet.memory_format = self.encoder.memory_format = memory_format
+        return self
 
     @property
     def denoiser(self) -> DiffusionRigUNet:
@@ -207,9 +224,27 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state, assign=assign)
 
 
+@contextlib.contextmanager
+def _skip_init():
+    """Build modules without running their weight initialisers (their tensors are overwritten next).
+
+    The meta device would do the same, but its first use imports torch's decompositions (about 0.7 s),
+    the largest part of loading a small model.
+    """
+    names = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "zeros_", "ones_", "constant_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
 def build_from_state(config: ModelConfig | str, state: dict[str, torch.Tensor], source: str) -> DiffusionRig:
     """A model holding ``state``'s tensors (CPU), built without initializing weights it would overwrite."""
-    with torch.device("meta"):
+    with _skip_init():
         model = DiffusionRig(config)
     own = model.state_dict()
     # Adopted tensors keep their dtype: bring e.g. half-precision exports to the model's float32.

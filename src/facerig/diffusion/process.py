@@ -1,14 +1,19 @@
-"""The diffusion process: schedulers, the P2-weighted epsilon loss, samplers and DDIM inversion.
+"""The diffusion process: the noise schedule, the P2-weighted epsilon loss, samplers and DDIM inversion.
 
 Conventions: 1000-step linear beta schedule (1e-4 .. 0.02), the model predicts epsilon; images in [-1,1].
-The noise maths is diffusers' (``DDPMScheduler``, ``DDIMScheduler``, ``DDIMInverseScheduler``,
-``DPMSolverMultistepScheduler``); DDIM uses guided-diffusion's respacing (timesteps 0, 1000/N, ... "leading",
-final alpha 1), as the official ``--timestep_respacing ddimN`` does.
+DDIM is the official sampler (guided-diffusion's ``ddim_sample`` with ``--timestep_respacing ddimN``,
+eta 0): timesteps ``space_timesteps(1000, "ddimN")``, the final step to alpha 1, and with ``clip_denoised``
+the predicted x_0 is clamped and epsilon re-derived from it (diffusers' ``use_clipped_model_output``).
+DDIM and its inversion are written here (a few lines over ``NoiseSchedule``, tested against diffusers'
+``DDIMScheduler`` / ``DDIMInverseScheduler`` and the official update) because importing diffusers costs
+about a second (it imports torch._dynamo); the stochastic DDPM and DPM-Solver samplers come from
+diffusers, imported when used.
 
-Samplers are pure functions sharing one signature, k-diffusion style::
+Samplers are pure functions over an injected schedule, sharing one signature, k-diffusion style::
 
-    sample(model_fn, x_T, cond, scheduler_name, steps, generator) -> x_0
+    sample(model_fn, x_T, cond, scheduler_name, steps, generator, callback=...) -> x_0
     model_fn(x_t, t, cond) -> epsilon         # t: (B,) long steps; cond is passed through untouched
+    callback(SamplerStep)                      # after every step: index, timestep, x and predicted x_0
 
 For DiffusionRig, ``cond = {"buffers": (B,9,S,S), "latent": (B,64)}`` and ``denoiser_fn(model)`` is the
 matching ``model_fn``.
@@ -16,10 +21,11 @@ matching ``model_fn``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -29,24 +35,71 @@ SCHEDULERS = ("ddpm", "ddim", "ddim_inverse", "dpm")
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
-def make_scheduler(name: str = "ddim", clip_denoised: bool = True, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
-    """A fresh diffusers scheduler on the training schedule. ``clip_denoised`` clamps predicted x_0 to [-1,1]."""
+@dataclass(frozen=True)
+class SamplerStep:
+    """What a sampler reports after each step: ``x`` at the next noise level, ``denoised`` its x_0 estimate."""
+
+    index: int
+    total: int
+    timestep: int
+    x: torch.Tensor
+    denoised: torch.Tensor
+
+
+Callback = Callable[[SamplerStep], None]
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """DDPM's forward process: a linear beta schedule over ``num_train_timesteps`` steps."""
+
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+    beta_start: float = BETA_START
+    beta_end: float = BETA_END
+
+    @cached_property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """(T,) float64 cumulative products of 1 - beta_t."""
+        betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64)
+        return torch.cumprod(1.0 - betas, 0)
+
+    def add_noise(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise, for (B,) steps ``t``."""
+        a = self.alphas_cumprod.to(x_0.device)[t].to(x_0.dtype).view(-1, *([1] * (x_0.dim() - 1)))
+        return a.sqrt() * x_0 + (1 - a).sqrt() * noise
+
+    def ddim_timesteps(self, steps: int) -> list[int]:
+        """The official respacing ``space_timesteps(T, "ddimN")``, descending: the first stride giving N steps."""
+        if not 2 <= steps <= self.num_train_timesteps:
+            raise ValueError(f"DDIM steps must be in 2..{self.num_train_timesteps}, not {steps}")
+        for stride in range(1, self.num_train_timesteps):
+            if len(range(0, self.num_train_timesteps, stride)) == steps:
+                return list(range(0, self.num_train_timesteps, stride))[::-1]
+        raise ValueError(f"no DDIM respacing of {self.num_train_timesteps} steps into exactly {steps}")
+
+    def level(self, t: int) -> float:
+        """alpha_bar at step ``t``; 1 (clean) for t < 0."""
+        return float(self.alphas_cumprod[t]) if t >= 0 else 1.0
+
+
+DEFAULT_SCHEDULE = NoiseSchedule()
+
+
+def make_scheduler(name: str, clip_denoised: bool = True, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
+    """A diffusers scheduler on the training schedule, for the stochastic samplers ("ddpm", "dpm")."""
+    if name not in ("ddpm", "dpm"):
+        raise ValueError(f"unknown scheduler {name!r}; diffusers schedulers here are 'ddpm' and 'dpm' "
+                         f"(DDIM: ddim_sample / ddim_invert)")
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
     common = dict(num_train_timesteps=num_train_timesteps, beta_start=BETA_START, beta_end=BETA_END,
                   beta_schedule="linear", prediction_type="epsilon")
     if name == "ddpm":
         # FIXED_LARGE variance, as the official (guided-diffusion, learn_sigma=False) sampler.
         return DDPMScheduler(**common, variance_type="fixed_large", clip_sample=clip_denoised)
-    if name == "ddim":
-        return DDIMScheduler(**common, clip_sample=clip_denoised, set_alpha_to_one=True, steps_offset=0,
-                             timestep_spacing="leading")
-    if name == "ddim_inverse":
-        return DDIMInverseScheduler(**common, clip_sample=clip_denoised, set_alpha_to_one=True, steps_offset=0,
-                                    timestep_spacing="leading")
-    if name == "dpm":
-        # Dynamic thresholding capped at 1.0 is exactly a clamp to [-1,1].
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                           thresholding=clip_denoised, sample_max_value=1.0)
-    raise ValueError(f"unknown scheduler {name!r}; choose from {SCHEDULERS}")
+    # Dynamic thresholding capped at 1.0 is exactly a clamp to [-1,1].
+    return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                       thresholding=clip_denoised, sample_max_value=1.0)
 
 
 def p2_weights(alphas_cumprod: torch.Tensor, gamma: float, k: float) -> torch.Tensor:
@@ -62,8 +115,8 @@ def denoiser_fn(model: torch.nn.Module) -> ModelFn:
     return fn
 
 
-def training_loss(model: torch.nn.Module, batch: dict, scheduler, gamma: float = 1.0, k: float = 1.0,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def training_loss(model: torch.nn.Module, batch: dict, schedule: NoiseSchedule = DEFAULT_SCHEDULE, gamma: float = 1.0,
+                  k: float = 1.0, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """P2-weighted epsilon-prediction loss of one batch {"image" (B,3,S,S), "buffers" (B,9,S,S)}.
 
     Draws t ~ U{0..T-1} and the noise from ``generator`` (on the image's device); the global latent is
@@ -72,48 +125,86 @@ def training_loss(model: torch.nn.Module, batch: dict, scheduler, gamma: float =
     """
     image, buffers = batch["image"], batch["buffers"]
     b = image.shape[0]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=image.device, generator=generator)
+    t = torch.randint(0, schedule.num_train_timesteps, (b,), device=image.device, generator=generator)
     noise = torch.randn(image.shape, device=image.device, dtype=image.dtype, generator=generator)
-    x_t = scheduler.add_noise(image, noise, t)
+    x_t = schedule.add_noise(image, noise, t)
     eps = model(x_t, t, buffers, image=image)
     per_item = (eps.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))
-    w = p2_weights(scheduler.alphas_cumprod.to(image.device, torch.float64), gamma, k)[t].float()
+    w = p2_weights(schedule.alphas_cumprod.to(image.device), gamma, k)[t].float()
     return {"loss": (w * per_item).mean(), "mse": per_item.mean().detach()}
+
+
+def _ddim_move(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float,
+               clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic DDIM move of ``x`` from noise level ``a_from`` to ``a_to``; also returns predicted x_0."""
+    x_0 = (x - (1 - a_from) ** 0.5 * eps) / a_from ** 0.5
+    if clip:
+        x_0 = x_0.clamp(-1, 1)
+        eps = (x - a_from ** 0.5 * x_0) / (1 - a_from) ** 0.5
+    return a_to ** 0.5 * x_0 + (1 - a_to) ** 0.5 * eps, x_0
+
+
+@torch.no_grad()
+def ddim_sample(model_fn: ModelFn, x_T: torch.Tensor, cond: Any, steps: int = 20,
+                schedule: NoiseSchedule = DEFAULT_SCHEDULE, clip_denoised: bool = True,
+                callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
+    """The official DDIM sampler (eta 0) from ``x_T`` in ``steps`` model calls; returns x_0."""
+    ts = schedule.ddim_timesteps(steps)
+    x = x_T.float()
+    for i, t in enumerate(tqdm(ts, desc="ddim sampling", disable=not progress, leave=False)):
+        eps = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), cond)
+        a_to = schedule.level(ts[i + 1] if i + 1 < len(ts) else -1)
+        x, x_0 = _ddim_move(x, eps.to(x.dtype), schedule.level(t), a_to, clip_denoised)
+        if callback is not None:
+            callback(SamplerStep(i, len(ts), t, x, x_0))
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(model_fn: ModelFn, x_0: torch.Tensor, cond: Any, steps: int = 20,
+                schedule: NoiseSchedule = DEFAULT_SCHEDULE, callback: Callback | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """Deterministic DDIM inversion: the x_T from which ``ddim_sample(..., steps, clip_denoised=False)``
+    with the same ``cond`` returns (approximately, exactly for a model blind to x) to ``x_0``.
+
+    Each step evaluates the model at the noise level it starts from but with the timestep it goes to,
+    mirroring the sampler's step on the way back (diffusers' ``DDIMInverseScheduler``).
+    """
+    ts = schedule.ddim_timesteps(steps)[::-1]
+    x = x_0.float()
+    for i, t in enumerate(tqdm(ts, desc="ddim inversion", disable=not progress, leave=False)):
+        eps = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), cond)
+        x, x_pred = _ddim_move(x, eps.to(x.dtype), schedule.level(ts[i - 1] if i else -1), schedule.level(t), False)
+        if callback is not None:
+            callback(SamplerStep(i, len(ts), t, x, x_pred))
+    return x
 
 
 @torch.no_grad()
 def sample(model_fn: ModelFn, x_T: torch.Tensor, cond: Any, scheduler_name: str = "ddim", steps: int = 20,
-           generator: torch.Generator | None = None, clip_denoised: bool = True, progress: bool = False) -> torch.Tensor:
+           generator: torch.Generator | None = None, clip_denoised: bool = True, progress: bool = False,
+           callback: Callback | None = None) -> torch.Tensor:
     """Run the reverse process from ``x_T`` with ``steps`` model calls; returns x_0 (B,3,S,S) in ~[-1,1].
 
     ``generator`` drives the stochastic samplers (ddpm); ddim (eta=0) and dpm are deterministic. Use
     ``clip_denoised=False`` to reconstruct from a ``ddim_invert`` result: clamping x_0 predictions is not
     invertible.
     """
+    if scheduler_name == "ddim":
+        return ddim_sample(model_fn, x_T, cond, steps, clip_denoised=clip_denoised, callback=callback,
+                           progress=progress)
     if scheduler_name == "ddim_inverse":
         raise ValueError("ddim_inverse runs forward in time; use ddim_invert")
+    if scheduler_name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler_name!r}; choose from {SCHEDULERS}")
     scheduler = make_scheduler(scheduler_name, clip_denoised=clip_denoised)
     scheduler.set_timesteps(steps, device=x_T.device)
-    x = x_T * scheduler.init_noise_sigma
-    for t in tqdm(scheduler.timesteps, desc=f"{scheduler_name} sampling", disable=not progress, leave=False):
+    x = x_T.float() * scheduler.init_noise_sigma
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{scheduler_name} sampling", disable=not progress, leave=False)):
         eps = model_fn(x, t.expand(x.shape[0]), cond)
-        kwargs = {"generator": generator} if scheduler_name != "ddim" else {"eta": 0.0}
-        x = scheduler.step(eps.to(x.dtype), t, x, **kwargs).prev_sample
-    return x
-
-
-@torch.no_grad()
-def ddim_invert(model_fn: ModelFn, x_0: torch.Tensor, cond: Any, steps: int = 20, progress: bool = False) -> torch.Tensor:
-    """Deterministic DDIM inversion: the x_T from which ``sample(..., "ddim", steps, clip_denoised=False)``
-    with the same ``cond`` returns (approximately, exactly for a model blind to x) to ``x_0``.
-
-    Each step evaluates the model at the noise level it starts from but with the timestep it goes to,
-    mirroring the sampler's step on the way back (diffusers' ``DDIMInverseScheduler``).
-    """
-    scheduler = make_scheduler("ddim_inverse", clip_denoised=False)
-    scheduler.set_timesteps(steps, device=x_0.device)
-    x = x_0
-    for t in tqdm(scheduler.timesteps, desc="ddim inversion", disable=not progress, leave=False):
-        eps = model_fn(x, t.expand(x.shape[0]), cond)
-        x = scheduler.step(eps.to(x.dtype), t, x).prev_sample
+        out = scheduler.step(eps.to(x.dtype), t, x, generator=generator)
+        x = out.prev_sample
+        if callback is not None:
+            denoised = getattr(out, "pred_original_sample", None)  # DPM-Solver's output has none
+            callback(SamplerStep(i, len(scheduler.timesteps), int(t), x, x if denoised is None else denoised))
     return x

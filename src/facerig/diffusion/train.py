@@ -10,6 +10,13 @@ Conventions: items are ``{"image": (3,S,S) in [-1,1], "buffers": (9,S,S) rendere
 resized to the model's image size when the dataset's differs. The loss is the P2-weighted epsilon MSE
 (``process.training_loss``), Adam, gradient clipping, optional EMA and bf16 autocast.
 
+Speed: ``precision="auto"`` trains in bf16 autocast with channels_last activations where the hardware
+computes bf16 natively (``facerig.runtime``); Adam is the fused kernel; the EMA is one ``_foreach`` call;
+the per-step statistics stay on the device and reach the host (log, NaN check) every ``log_every``
+steps and before every checkpoint, so a GPU never waits on the host. The training items, resized to the
+model's size, are held in memory (on the GPU when it has room) when they fit, and batches are index
+gathers; larger datasets stream through a DataLoader.
+
 Exact resumption: the data order is a pure function of (seed, epoch) through ``DistributedSampler``; the
 position inside the epoch, the optimizer, EMA, the model and every RNG the step consumes (the noise/timestep
 generator and the global RNG that drives dropout, per process) are checkpointed, so a run killed and resumed
@@ -29,7 +36,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,51 +47,68 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from facerig import runtime
 from facerig.dataset import CaptureDataset
 from facerig.diffusion.checkpoint import (
     EMA_FILE, LATEST_FILE, MODEL_FILE, checkpoint_dir, load_checkpoint, read_tensors, read_weights, save_weights,
 )
 from facerig.diffusion.model import DiffusionRig, ModelConfig, get_config, global_latent, load_state_dict_checked
-from facerig.diffusion.process import denoiser_fn, make_scheduler, sample, training_loss
+from facerig.diffusion.process import DEFAULT_SCHEDULE, denoiser_fn, sample, training_loss
 from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
 
 STAGE_LR = {1: 1e-4, 2: 1e-5}
+# Settings a resumed run must share with its checkpoint: they define the model, its data and its randomness.
+RESUME_FIXED = ("data", "model", "stage", "init", "seed", "holdout", "ema")
+RESIDENT_BYTES = {"cpu": 4 << 30, "cuda": 0.25}  # CPU: bytes; CUDA: fraction of the GPU's memory
+
+
+def _opt(default, help: str, **extra):
+    """A TrainConfig field with its command-line help (``facerig train`` is built from these fields)."""
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
 class TrainConfig:
-    data: str
-    out: str
-    model: str | None = None  # named config; None: the init checkpoint's, else "paper"
-    stage: int = 1
-    steps: int = 50_000  # total optimizer steps of the run (a resumed run continues up to it)
-    batch_size: int = 4  # per process
-    lr: float | None = None  # None: 1e-4 for stage 1, 1e-5 for stage 2
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    p2_gamma: float = 1.0  # the paper trains with P2 weighting gamma=1, k=1; gamma=0 is plain MSE
-    p2_k: float = 1.0
-    ema: float | None = None  # EMA decay, e.g. 0.9999
-    bf16: bool = False
-    init: str | None = None  # weights to start from (facerig run/checkpoint or official .pt); stage 2 needs it
-    resume: bool = False
-    seed: int = 0
-    sample_every: int = 1000
-    sample_steps: int = 20
-    ckpt_every: int = 5000
-    holdout: int = 4  # last N dataset items are never trained on; they make the preview grids
-    keep_checkpoints: int = 2
-    num_workers: int = 0
-    device: str | None = None  # single-process only; None: CUDA when available
+    data: str = field(metadata={"help": "capture dataset folder (facerig capture output)"})
+    out: str = field(metadata={"help": "run folder: checkpoints, log.jsonl, sample grids"})
+    model: str | None = _opt(None, "model config: tiny, small or paper (default: the --init checkpoint's, else "
+                                   "paper)", flag="--config")
+    stage: int = _opt(1, "1: generic prior; 2: fine-tune on one person's album (needs --init)", choices=(1, 2))
+    steps: int = _opt(50_000, "total optimizer steps of the run (a resumed run continues up to it)")
+    batch_size: int = _opt(4, "items per process per step")
+    lr: float | None = _opt(None, "learning rate (default 1e-4 stage 1, 1e-5 stage 2)")
+    weight_decay: float = _opt(0.0, "Adam weight decay")
+    grad_clip: float = _opt(1.0, "max gradient norm")
+    p2_gamma: float = _opt(1.0, "P2 loss weighting gamma (the paper's 1); 0 = plain MSE")
+    p2_k: float = _opt(1.0, "P2 loss weighting k")
+    ema: float | None = _opt(None, "keep EMA weights with this decay, e.g. 0.9999", metavar="DECAY")
+    precision: str = _opt("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
+                                  "else fp32", choices=("auto", "fp32", "bf16"))
+    threads: int | None = _opt(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
+    log_every: int = _opt(25, "steps between host syncs: log lines and the NaN check")
+    init: str | None = _opt(None, "start from these weights: a facerig run/checkpoint or an official .pt")
+    resume: bool = _opt(False, "continue the run in --out from its latest checkpoint")
+    seed: int = _opt(0, "seed of the initial weights, data order, noise and dropout")
+    sample_every: int = _opt(1000, "steps between preview grids")
+    sample_steps: int = _opt(20, "DDIM steps of a preview")
+    ckpt_every: int = _opt(5000, "steps between checkpoints")
+    holdout: int = _opt(4, "last N dataset items are never trained on; they make the preview grids")
+    keep_checkpoints: int = _opt(2, "checkpoints kept on disk")
+    num_workers: int = _opt(0, "data loader worker processes (datasets too large to hold in memory)")
+    device: str | None = _opt(None, "device without torchrun (default: cuda if available)")
 
     def __post_init__(self):
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, not {self.stage}")
-        for name in ("steps", "batch_size", "sample_every", "sample_steps", "ckpt_every", "keep_checkpoints"):
+        for name in ("steps", "batch_size", "sample_every", "sample_steps", "ckpt_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema decay must be in (0,1), not {self.ema}")
+        if self.precision not in runtime.PRECISIONS:
+            raise ValueError(f"precision must be one of {runtime.PRECISIONS}, not {self.precision!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, not {self.lr}")
 
     @property
     def learning_rate(self) -> float:
@@ -187,9 +211,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.d = _setup_distributed(cfg)
+        if self.d.device.type == "cpu" and cfg.threads is not None:
+            runtime.configure_threads(cfg.threads)
+        self.precision = runtime.resolve_precision(cfg.precision, self.d.device)
         self.out = Path(cfg.out)
         self.log_path = self.out / "log.jsonl"
         resume_dir = self._resume_dir()
+        if resume_dir is not None:
+            self._check_resume_settings(resume_dir)
 
         init_model, model_cfg = None, None
         if resume_dir is not None:
@@ -208,15 +237,19 @@ class Trainer:
         self.model = DiffusionRig(model_cfg)
         if init_model is not None:
             self.model.load_state_dict(init_model.state_dict())
-        self.model.to(self.d.device)
+        self.model.to(self.d.device).use_memory_format(runtime.memory_format(self.precision))
         if cfg.stage == 2:
             self.model.encoder.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
         self.ema_model = None
         if cfg.ema is not None:
             self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.scheduler = make_scheduler("ddpm")
+            # Built once: the EMA update is then two fused calls per step.
+            self._ema_pairs = (list(self.ema_model.parameters()), list(self.model.parameters()),
+                               list(self.ema_model.buffers()), list(self.model.buffers()))
+        self.schedule = DEFAULT_SCHEDULE
+        self._pending: list[torch.Tensor] = []  # per-step [loss, mse, grad_norm] not yet on the host
 
         # Per-rank RNGs: dropout draws from the global RNG, noise and timesteps from this generator.
         torch.manual_seed(cfg.seed * 1_000_003 + self.d.rank)
@@ -249,6 +282,15 @@ class Trainer:
             return None
         return checkpoint_dir(self.out)
 
+    def _check_resume_settings(self, ckdir: Path) -> None:
+        """Refuse to resume with a setting that defines the run changed; the others apply from here on."""
+        before = json.loads((ckdir / "trainer.json").read_text()).get("train_config", {})
+        changed = [f"{k} {before[k]!r} -> {getattr(self.cfg, k)!r}" for k in RESUME_FIXED
+                   if k in before and _same_setting(k, before[k]) != _same_setting(k, getattr(self.cfg, k))]
+        if changed:
+            raise ValueError(f"{ckdir}: --resume with settings that define the run changed ({'; '.join(changed)}); "
+                             f"start a new run in another --out instead")
+
     def _setup_data(self) -> None:
         cfg, size = self.cfg, self.model_cfg.image_size
         base = CaptureDataset(cfg.data)
@@ -261,19 +303,42 @@ class Trainer:
         self.preview_set = _Resized(base, preview_idx[:8], size, base.image_size)
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.d.world, rank=self.d.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
+        self.resident = self._resident_data()
         self.batches_per_epoch = len(self.sampler) // cfg.batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"{cfg.data}: {len(self.train_set)} training items are fewer than batch size "
                              f"{cfg.batch_size} x {self.d.world} processes")
 
-    def _epoch_loader(self) -> DataLoader:
-        """The rest of the current epoch, from ``batch_in_epoch`` on."""
+    def _resident_data(self) -> dict[str, torch.Tensor] | None:
+        """Every training item at the model's size, float16, on the training device; None if too large."""
+        s, n = self.model_cfg.image_size, len(self.train_set)
+        need = n * 12 * s * s * 2
+        dev = self.d.device
+        budget = RESIDENT_BYTES.get(dev.type, 0)
+        if dev.type == "cuda":
+            budget = budget * torch.cuda.get_device_properties(dev).total_memory
+        if need > budget:
+            return None
+        image = torch.empty(n, 3, s, s, dtype=torch.float16)
+        buffers = torch.empty(n, 9, s, s, dtype=torch.float16)
+        for i in tqdm(range(n), desc="loading training items", disable=not self.d.main or n < 1000, leave=False):
+            item = self.train_set[i]
+            image[i], buffers[i] = item["image"], item["buffers"]
+        return {"image": image.to(dev), "buffers": buffers.to(dev)}
+
+    def _epoch_batches(self):
+        """The rest of the current epoch's batches, from ``batch_in_epoch`` on."""
         self.sampler.set_epoch(self.epoch)
         b = self.cfg.batch_size
         indices = list(self.sampler)[self.batch_in_epoch * b : self.batches_per_epoch * b]
+        if self.resident is not None:
+            for start in range(0, len(indices), b):
+                idx = torch.tensor(indices[start : start + b], device=self.d.device)
+                yield {k: v.index_select(0, idx).float() for k, v in self.resident.items()}
+            return
         # A private generator: creating a loader must not draw from the global RNG (that drives dropout).
-        return DataLoader(self.train_set, batch_size=b, sampler=indices, num_workers=self.cfg.num_workers,
-                          drop_last=True, generator=torch.Generator(), pin_memory=self.d.device.type == "cuda")
+        yield from DataLoader(self.train_set, batch_size=b, sampler=indices, num_workers=self.cfg.num_workers,
+                              drop_last=True, generator=torch.Generator(), pin_memory=self.d.device.type == "cuda")
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -289,32 +354,31 @@ class Trainer:
         last_dir = None
         with tqdm(total=cfg.steps, initial=self.step, desc=f"stage {cfg.stage}", disable=not self.d.main) as bar:
             while self.step < cfg.steps:
-                for batch in self._epoch_loader():
-                    record = self._train_step(batch)
+                for batch in self._epoch_batches():
+                    self._pending.append(self._train_step(batch))
                     self.step += 1
                     self.batch_in_epoch += 1
                     if self.batch_in_epoch == self.batches_per_epoch:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    if self.d.main:
-                        record.update(step=self.step, epoch=self.epoch, elapsed_s=round(time.time() - start, 3))
-                        with open(self.log_path, "a") as f:
-                            f.write(json.dumps(record) + "\n")
-                        bar.set_postfix(loss=f"{record['loss']:.4f}")
-                        bar.update(1)
+                    bar.update(1)
+                    save = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+                    if save or self.step % cfg.log_every == 0:
+                        self._flush_log(time.time() - start, bar)
                     if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
                         self._preview()
-                    if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    if save:
                         last_dir = self._save()
                     if self.step >= cfg.steps:
                         break
         return last_dir if last_dir is not None else checkpoint_dir(self.out)
 
-    def _train_step(self, batch: dict) -> dict:
+    def _train_step(self, batch: dict) -> torch.Tensor:
+        """One optimizer step; returns [loss, mse, grad_norm] as a device tensor (no host sync)."""
         cfg, dev = self.cfg, self.d.device
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = training_loss(self.ddp, batch, self.scheduler, cfg.p2_gamma, cfg.p2_k, self.generator)
+        with runtime.autocast(dev, self.precision):
+            out = training_loss(self.ddp, batch, self.schedule, cfg.p2_gamma, cfg.p2_k, self.generator)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.opt.step()
@@ -324,18 +388,32 @@ class Trainer:
         if self.d.world > 1:
             dist.all_reduce(stats)
             stats /= self.d.world
-        loss, mse, gnorm = stats.tolist()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"step {self.step + 1}: loss is {loss}")
-        return {"loss": loss, "mse": mse, "grad_norm": gnorm, "lr": self.opt.param_groups[0]["lr"]}
+        return stats
+
+    def _flush_log(self, elapsed_s: float, bar) -> None:
+        """Bring the pending steps' statistics to the host: NaN check, then one log line per step."""
+        if not self._pending:
+            return
+        rows = torch.stack(self._pending).tolist()
+        first = self.step - len(rows) + 1
+        self._pending.clear()
+        for i, (loss, _, _) in enumerate(rows):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"step {first + i}: loss is {loss}")
+        if not self.d.main:
+            return
+        lr = self.opt.param_groups[0]["lr"]
+        with open(self.log_path, "a") as f:
+            for i, (loss, mse, gnorm) in enumerate(rows):
+                f.write(json.dumps({"loss": loss, "mse": mse, "grad_norm": gnorm, "lr": lr, "step": first + i,
+                                    "epoch": self.epoch, "elapsed_s": round(elapsed_s, 3)}) + "\n")
+        bar.set_postfix(loss=f"{rows[-1][0]:.4f}")
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.cfg.ema
-        # One fused call instead of one kernel per tensor: the tiny models are launch-bound on a GPU.
-        torch._foreach_lerp_(list(self.ema_model.parameters()), list(self.model.parameters()), 1.0 - decay)
-        for e, b in zip(self.ema_model.buffers(), self.model.buffers()):
-            e.copy_(b)
+        ema_params, params, ema_buffers, buffers = self._ema_pairs
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.cfg.ema)
+        torch._foreach_copy_(ema_buffers, buffers)
 
     # -- previews --
 
@@ -352,7 +430,7 @@ class Trainer:
         cond = {"buffers": buffers, "latent": global_latent(model, image)}
         # Fixed noise on CPU (same every preview, and no draw from the training RNGs).
         x_T = torch.randn(image.shape, generator=torch.Generator().manual_seed(self.cfg.seed)).to(self.d.device)
-        with torch.autocast(self.d.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+        with runtime.autocast(self.d.device, self.precision):
             x0 = sample(denoiser_fn(model), x_T, cond, "ddim", self.cfg.sample_steps)
         rows = [[to_uint8_image(buffers[i, :3], (0, 1)), to_uint8_image(x0[i], (-1, 1)), to_uint8_image(image[i], (-1, 1))]
                 for i in range(len(items))]
@@ -405,6 +483,8 @@ class Trainer:
             load_state_dict_checked(self.ema_model, ema_state, str(ckdir / EMA_FILE))
         opt_tensors, _ = read_tensors(ckdir / "trainer.safetensors")
         self.opt.load_state_dict(optimizer_state_from_files(opt_tensors, meta["optimizer"]))
+        for group in self.opt.param_groups:  # settings that may change on resume take effect (and are saved)
+            group.update(lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
         self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         same_layout = meta["world_size"] == self.d.world and meta["batch_size"] == self.cfg.batch_size
         if not same_layout and self.batch_in_epoch:
@@ -423,6 +503,11 @@ class Trainer:
             lines = [ln for ln in self.log_path.read_text().splitlines()
                      if ln.strip() and _log_step(ln) is not None and _log_step(ln) <= self.step]
             atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in lines).encode())
+
+
+def _same_setting(key: str, value):
+    """A comparable form of a run setting: data folders by their resolved path."""
+    return str(Path(value).resolve()) if key in ("data", "init") and value else value
 
 
 def _log_step(line: str) -> int | None:

@@ -1,0 +1,126 @@
+"""fp32 against facerig's fast path, per config, for one DiffusionRig training step and one DDIM step.
+
+Prints one JSON object. For each config, at ``--batch-size`` (8 by default), on this machine:
+
+- ``train``: one full training step as ``facerig train`` runs it (P2 loss forward, backward, gradient
+  clipping, fused Adam, EMA update), medians of ``fp32_ms`` and ``fast_ms`` and their ratio ``speedup``;
+- ``sample``: one DDIM sampling step (no-grad denoiser call and the update, latent precomputed).
+
+The fast path is ``--precision auto`` (bf16 autocast with channels_last activations where the CPU has AMX or
+AVX512-BF16). Both run the same code and weights; the two are timed alternately, step by step, so load from
+other processes affects both alike. Use ``--threads`` to pin the thread count (default: every usable core).
+
+    python benchmarks/train_step.py                      # tiny and small, batch 8, CPU
+    python benchmarks/train_step.py --device cuda --configs tiny,small,paper --batch-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from facerig import runtime
+from facerig.diffusion.model import CONFIGS, DiffusionRig
+from facerig.diffusion.process import DEFAULT_SCHEDULE, _ddim_move, denoiser_fn, training_loss
+
+
+class _Setup:
+    """A model, its optimizer and EMA copy, and a batch, at one precision."""
+
+    def __init__(self, name: str, precision: str, batch_size: int, device: torch.device):
+        torch.manual_seed(0)
+        cfg = CONFIGS[name]
+        self.precision, self.device = precision, device
+        self.model = DiffusionRig(cfg).to(device).use_memory_format(runtime.memory_format(precision))
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.params = list(self.model.parameters())
+        self.ema_pairs = (list(self.ema.parameters()), self.params)
+        self.opt = torch.optim.Adam(self.params, lr=1e-4, fused=True)
+        s = cfg.image_size
+        g = torch.Generator().manual_seed(1)
+        self.batch = {"image": (torch.rand(batch_size, 3, s, s, generator=g) * 2 - 1).to(device),
+                      "buffers": torch.rand(batch_size, 9, s, s, generator=g).to(device)}
+        self.gen = torch.Generator(device).manual_seed(0)
+        with torch.no_grad():
+            self.cond = {"buffers": self.batch["buffers"], "latent": self.model.encode(self.batch["image"])}
+        self.x = torch.randn(self.batch["image"].shape, generator=g).to(device)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        with runtime.autocast(self.device, self.precision):
+            loss = training_loss(self.model, self.batch, DEFAULT_SCHEDULE, 1.0, 1.0, self.gen)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(*self.ema_pairs, 1e-4)
+
+    @torch.no_grad()
+    def sample_step(self) -> None:
+        self.model.eval()
+        t = torch.full((self.x.shape[0],), 500, device=self.device)
+        with runtime.autocast(self.device, self.precision):
+            eps = denoiser_fn(self.model)(self.x, t, self.cond)
+        _ddim_move(self.x, eps.float(), DEFAULT_SCHEDULE.level(500), DEFAULT_SCHEDULE.level(450), True)
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def paired(slow, fast, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Alternate the two, after warm-up; medians and the ratio of medians."""
+    for _ in range(warmup):
+        slow(), fast()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(_timed(slow, device))
+        b.append(_timed(fast, device))
+    fp32_ms, fast_ms = statistics.median(a), statistics.median(b)
+    return {"fp32_ms": round(fp32_ms, 1), "fast_ms": round(fast_ms, 1), "speedup": round(fp32_ms / fast_ms, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default="tiny,small")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    threads = runtime.configure_threads(args.threads)
+    fast = runtime.resolve_precision("auto", device)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        "torch": torch.__version__, "threads": threads, "batch_size": args.batch_size,
+        "fast_precision": fast, "cpu_bf16": runtime.cpu_has_bf16(), "repeats": args.repeats, "configs": {},
+    }
+    for name in [n.strip() for n in args.configs.split(",") if n.strip()]:
+        slow_setup = _Setup(name, "fp32", args.batch_size, device)
+        fast_setup = _Setup(name, fast, args.batch_size, device)
+        report["configs"][name] = {
+            "train": paired(slow_setup.train_step, fast_setup.train_step, device, args.warmup, args.repeats),
+            "sample": paired(slow_setup.sample_step, fast_setup.sample_step, device, args.warmup, args.repeats),
+        }
+        del slow_setup, fast_setup
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""How facerig uses the hardware: CPU threads, numeric precision, memory layout and the CPU allocator.
+
+Every command that runs a network goes through ``configure_threads`` and ``resolve_precision``:
+
+- threads: ``--threads N``, else ``OMP_NUM_THREADS``, else the cores this process may run on. OpenMP
+  spin-waits, so two jobs that each take every core of a small machine slow each other down many times
+  over; pass ``--threads`` to split the cores between them.
+- precision ``auto`` picks bf16 autocast where the hardware computes bf16 natively (CPUs with AMX or
+  AVX512-BF16, CUDA GPUs of compute capability 8 and newer) and fp32 elsewhere. bf16 runs convolutions in
+  channels_last layout, the one oneDNN's AMX kernels and cuDNN's tensor-core kernels read directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from functools import lru_cache
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16); elsewhere bf16 is emulated, slowly."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> the fastest safe precision on ``device`` ("bf16" or "fp32"); the others unchanged."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    device = torch.device(device)
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for a resolved precision "bf16"; a no-op context for "fp32"."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    """The activation layout to run convolutions in at a resolved precision."""
+    return torch.channels_last if precision == "bf16" else torch.contiguous_format
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count: ``threads``, else ``OMP_NUM_THREADS``, else the usable cores."""
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else available_cores()
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, not {threads}")
+    torch.set_num_threads(threads)
+    tune_cpu_allocator()
+    return threads
+
+
+@lru_cache(maxsize=1)
+def tune_cpu_allocator() -> None:
+    """Keep freed activation memory in the process instead of returning it to the kernel.
+
+    glibc serves blocks over 128 KiB..32 MiB with fresh ``mmap``s and unmaps them on free, so every training
+    step page-faults through all of its activations again (about 7 % of a CPU step here). Raising the mmap
+    and trim thresholds makes freed blocks reusable. Linux/glibc only; elsewhere a no-op.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_top_pad, 64 << 20)
+
+
+def add_runtime_arguments(parser, precision: bool = True) -> None:
+    """``--threads`` (and ``--precision``) for a subcommand's argparse parser."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: OMP_NUM_THREADS, else every core this process may use)")
+    if precision:
+        parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                            help="auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU computes it natively, else fp32")
