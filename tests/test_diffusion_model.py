@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from facerig.dataset import BUFFER_NAMES
 from facerig.diffusion.model import (
     CONFIGS, DiffusionRig, ModelConfig, count_parameters, global_latent, load_official, official_state_dict,
     read_official_state_dict, save_official,
 )
 from facerig.paths import shared_dir
+from facerig.render.renderer import BUFFER_NAMES
 from helpers import shared_path
 
 

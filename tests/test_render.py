@@ -5,11 +5,12 @@ import torch
 from helpers import assert_close, icosphere, mesh_model, shared_path
 
 from facerig.cli import main
+from facerig.face3d.camera import project
 from facerig.face3d.ict import load_ict
+from facerig.face3d.light import directional_light
 from facerig.face3d.model import random_params
-from facerig.render import Renderer, RenderConfig, directional_light, rasterize, sh_shading
-from facerig.render.renderer import project, vertex_normals
-from facerig.render.sh import split_light
+from facerig.render import Renderer, RenderConfig, rasterize, sh_shading
+from facerig.render.renderer import vertex_normals
 
 
 def _pixel_grid(size, dtype=torch.float64):
@@ -68,24 +69,6 @@ def test_sh_shading_is_closed_form_irradiance():
     deca_code = code.clone()
     deca_code[:, 0] *= math.pi  # what DECA's band 0 needs to carry to give the true irradiance
     assert_close(sh_shading(normals[None], deca_code)[0], irradiance, atol=2e-3, rtol=1e-3)
-
-
-def test_directional_light_approximates_lambert():
-    light = directional_light(torch.tensor([[0.0, 0.0, 1.0]]), 1.0, 0.25)
-    n = torch.nn.functional.normalize(torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.6, 0.8], [1.0, 0.0, 0.0]]]), dim=-1)
-    lambert = 0.25 + torch.tensor([1.0, 0.8, 0.0])
-    # A 9-coefficient SH light is the band-limited clamped cosine: within ~0.1 of max(0, n.l).
-    assert ((sh_shading(n, light)[0, :, 0] - lambert).abs() < 0.1).all()
-
-
-def test_split_light_inverts_directional_light():
-    d = torch.nn.functional.normalize(torch.tensor([[0.3, -0.2, 0.9], [-0.7, 0.1, 0.5]]), dim=-1)
-    ambient = torch.tensor([[0.3, 0.25, 0.2], [0.5, 0.5, 0.5]])
-    light = directional_light(d, torch.tensor([0.8, 0.4]), ambient)
-    direction, intensity, amb = split_light(light)
-    assert_close(direction, d, atol=1e-5)
-    assert_close(intensity, torch.tensor([0.8, 0.4]), atol=1e-5)
-    assert_close(amb, ambient, atol=1e-5)
 
 
 def test_gradcheck_vertices_and_light():

@@ -36,10 +36,10 @@ import torch
 from safetensors import safe_open
 
 from facerig.io import atomic_save_safetensors, atomic_write_json, fsync_path, writable_folder
+from facerig.render.renderer import BUFFER_NAMES
 
 FORMAT = "facerig-capture"
 VERSION = 1
-BUFFER_NAMES = ("rendered", "normal", "albedo")
 MAX_OPEN_SHARDS = 64
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from facerig.face3d.camera import ffhq_centre
+
 
 def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     """The FFHQ crop quad (4,2) from 68 iBUG landmarks: corners top-left, bottom-left, bottom-right, top-right."""
@@ -38,7 +40,7 @@ def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     x /= np.hypot(*x)
     x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
     y = np.flipud(x) * [-1, 1]
-    c = eye_avg + eye_to_mouth * 0.1
+    c = ffhq_centre(lm)
     return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from facerig.capture.fit import DYNAMIC_CONTOUR
+from facerig.face3d.camera import project
+from facerig.face3d.landmarks import DYNAMIC_CONTOUR
 from facerig.face3d.model import MorphableModel
 from facerig.face3d.params import FaceParams
-from facerig.render.renderer import project
 
 
 @torch.no_grad()

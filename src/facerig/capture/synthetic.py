@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from facerig.capture.fit import project_landmarks
+from facerig.face3d.landmarks import project_landmarks
+from facerig.face3d.light import dominant_direction
 from facerig.face3d.model import random_params
 from facerig.face3d.rotation import axis_angle_to_euler
-from facerig.render import Renderer, RenderConfig, dominant_direction
+from facerig.render import Renderer, RenderConfig
 
 
 def synthetic_faces(model, n: int, size: int, noise_px: float, seed: int = 0):

@@ -1,6 +1,6 @@
 """DiffusionRig (CVPR 2023): a buffer- and latent-conditioned diffusion model for rigged portrait editing.
 
-Images are in [-1,1]; buffers are 9 channels in ``facerig.dataset.BUFFER_NAMES`` order (rendered, normal,
+Images are in [-1,1]; buffers are 9 channels in ``facerig.render.renderer.BUFFER_NAMES`` order (rendered, normal,
 albedo), as the official code concatenates them. Modules: ``unet`` (the denoiser), ``encoder`` (ResNet-18
 global latent), ``model`` (``DiffusionRig``, named configs, official checkpoint I/O), ``process``
 (schedulers, loss, samplers, DDIM inversion), ``checkpoint`` (facerig checkpoints, ``load_checkpoint``),

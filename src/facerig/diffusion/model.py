@@ -1,6 +1,6 @@
 """The DiffusionRig model (denoiser + global-latent encoder), its named configs and official-checkpoint I/O.
 
-Conventions: images in [-1,1]; buffers are the 9 channels of ``facerig.dataset.BUFFER_NAMES`` (rendered,
+Conventions: images in [-1,1]; buffers are the 9 channels of ``facerig.render.renderer.BUFFER_NAMES`` (rendered,
 normal, albedo), the same order the official code concatenates them in (``th.cat([rendered, normal,
 albedo])``), unscaled. The module names are the official ones (``denoisingUNet``, ``encoder``), so a
 state dict of the official ``DiffusionRig`` loads 1:1 and exports back to exactly its keys.

@@ -3,7 +3,7 @@
 Conventions (as in the official DiffusionRig code, whose state-dict keys these modules reproduce 1:1):
 
 - input: the noisy image ``x_t`` (3 channels, images live in [-1,1]) concatenated with the 9 physical buffer
-  channels in ``facerig.dataset.BUFFER_NAMES`` order (rendered, normal, albedo; unscaled: rendered and albedo
+  channels in ``facerig.render.renderer.BUFFER_NAMES`` order (rendered, normal, albedo; unscaled: rendered and albedo
   in [0,1], normals in [-1,1]), so 12 input channels; output: the predicted noise epsilon (3 channels).
 - ``t`` are integer diffusion steps in [0, 1000) fed to the sinusoidal embedding unscaled (cos half first).
 - every ResBlock applies, after its second GroupNorm, the time embedding's scale/shift and then the global

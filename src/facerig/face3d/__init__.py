@@ -1,5 +1,8 @@
 """The 3D face layer: parameters, morphable models (ICT-FaceKit default, FLAME bring-your-own)."""
 
+from facerig.face3d.camera import ffhq_centre, project
+from facerig.face3d.landmarks import contour_candidates, project_landmarks
+from facerig.face3d.light import directional_light, dominant_direction, split_light
 from facerig.face3d.model import FaceGeometry, MorphableModel
 from facerig.face3d.params import FaceParams
 
@@ -21,4 +24,7 @@ def load_model(name: str = "ict", path=None, **kwargs) -> MorphableModel:
     raise ValueError(f"unknown face model {name!r}; choose one of {MODELS}")
 
 
-__all__ = ["FaceGeometry", "FaceParams", "MODELS", "MorphableModel", "load_model"]
+__all__ = [
+    "FaceGeometry", "FaceParams", "MODELS", "MorphableModel", "contour_candidates", "directional_light",
+    "dominant_direction", "ffhq_centre", "load_model", "project", "project_landmarks", "split_light",
+]

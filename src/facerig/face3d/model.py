@@ -126,6 +126,7 @@ class MorphableModel(nn.Module):
 
         FFHQ's crop puts the eye midpoint at the image centre minus 0.1 eye-to-mouth, with the eyes a quarter
         of the image apart; the orthographic camera and the pinhole ``distance`` metres away both do that.
+        (The upright form of ``facerig.face3d.camera.ffhq_centre``: the eye-to-mouth offset is taken as vertical.)
         """
         dev = self.template.device
         lmk = barycentric_points(self.template[None], self.landmark_vertices, self.landmark_bary)[0]
@@ -185,8 +186,8 @@ def random_params(model: MorphableModel, batch_size: int, generator: torch.Gener
                   max_yaw: float = 40.0, max_pitch: float = 15.0, max_roll: float = 10.0) -> FaceParams:
     """Plausible random faces: identity ~ N(0, 1) per mode, sparse expressions, head pose within the given
     degrees, a random directional light from the camera's hemisphere plus ambient."""
+    from facerig.face3d.light import directional_light
     from facerig.face3d.rotation import euler_to_axis_angle
-    from facerig.render.sh import directional_light
 
     def uniform(lo, hi, *shape):
         return lo + (hi - lo) * torch.rand(batch_size, *shape, generator=generator)

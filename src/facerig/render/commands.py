@@ -10,9 +10,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from facerig.face3d import MODELS, FaceParams, load_model
+from facerig.face3d.camera import PROJECTIONS
 from facerig.face3d.model import random_params
 from facerig.io import contact_sheet, to_uint8_image, writable_folder
-from facerig.render.renderer import PROJECTIONS, Buffers, Renderer, RenderConfig
+from facerig.render.renderer import Buffers, Renderer, RenderConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,9 +4,7 @@ Conventions (DiffusionRig/DECA): background 0 in every buffer; ``normal`` is the
 camera space (x right, y up, z towards the camera) in [-1, 1]; ``albedo`` in [0, 1]; ``shading`` is DECA's
 SH irradiance (``render.sh``); ``rendered`` = albedo x shading, not clamped; ``depth`` is the distance along
 the viewing axis in model units (metres); ``landmarks`` are the 68 model landmarks projected to pixel
-coordinates (x right, y down, pixel centres at +0.5). Cameras: DECA's orthographic
-ndc_xy = cam_scale * (xy + cam_t) (depth -(z + translation_z)), or a pinhole at the origin looking down -z,
-p = xyz + translation, ndc_xy = focal * p_xy / -p_z; then pixel = (ndc_x + 1) * S/2, (1 - ndc_y) * S/2.
+coordinates (x right, y down, pixel centres at +0.5). Cameras: ``facerig.face3d.camera``.
 """
 
 from __future__ import annotations
@@ -18,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerig.dataset import BUFFER_NAMES
+from facerig.face3d.camera import PROJECTIONS, project
 from facerig.face3d.model import FaceGeometry, MorphableModel
 from facerig.face3d.params import FaceParams
 from facerig.render.rasterize import Fragments, rasterize
 from facerig.render.sh import sh_shading
 
-PROJECTIONS = ("orthographic", "perspective")
+# DiffusionRig's 9 conditioning channels, in order: the buffers stored per photo and fed to the denoiser.
+BUFFER_NAMES = ("rendered", "normal", "albedo")
 
 
 @dataclass
@@ -51,24 +50,11 @@ class Buffers:
     landmarks: torch.Tensor  # (B,68,2) pixels
 
     def condition(self) -> torch.Tensor:
-        """DiffusionRig's 9 conditioning channels, in ``facerig.dataset.BUFFER_NAMES`` order."""
+        """DiffusionRig's 9 conditioning channels, in ``BUFFER_NAMES`` order."""
         return torch.cat([getattr(self, n) for n in BUFFER_NAMES], 1)
 
     def images(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "landmarks"}
-
-
-def project(points: torch.Tensor, params: FaceParams, projection: str, image_size: int) -> torch.Tensor:
-    """Head-frame points (B,P,3) -> screen (B,P,3): pixel x, pixel y, depth along the viewing axis."""
-    if projection == "orthographic":
-        ndc = params.cam[:, None, :1] * (points[..., :2] + params.cam[:, None, 1:])
-        depth = -(points[..., 2] + params.translation[:, None, 2])
-    else:
-        cam_points = points + params.translation[:, None]
-        depth = -cam_points[..., 2]
-        ndc = params.focal[:, None] * cam_points[..., :2] / depth[..., None].clamp_min(1e-6)
-    half = image_size / 2
-    return torch.stack([(ndc[..., 0] + 1) * half, (1 - ndc[..., 1]) * half, depth], -1)
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
