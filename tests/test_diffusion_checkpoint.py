@@ -1,6 +1,8 @@
+import json
+
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from facerig.diffusion.checkpoint import (
     EMA_FILE, LATEST_FILE, MODEL_FILE, checkpoint_dir, load_checkpoint, read_weights, save_weights,
@@ -69,3 +71,25 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     save_file({"a": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="other.safetensors.*not a facerig"):
         read_weights(tmp_path / "other.safetensors")
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "meta.safetensors"),
+              metadata={"format": "facerig-diffusionrig", "config": "{not json", "step": "0"})
+    with pytest.raises(ValueError, match="meta.safetensors: model config is not JSON"):
+        read_weights(tmp_path / "meta.safetensors")
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "meta2.safetensors"),
+              metadata={"format": "facerig-diffusionrig", "config": '{"model_channels": 32}', "step": "x"})
+    with pytest.raises(ValueError, match="meta2.safetensors: bad model config"):
+        read_weights(tmp_path / "meta2.safetensors")
+
+
+def test_save_pretrained_folder_round_trip(tmp_path):
+    torch.manual_seed(2)
+    model = DiffusionRig("tiny")
+    folder = model.save_pretrained(tmp_path / "pretrained")
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["_class_name"] == "DiffusionRig" and config["model_channels"] == 32
+    loaded = DiffusionRig.from_pretrained(folder)
+    assert loaded.config == CONFIGS["tiny"] and _same_weights(loaded, model) and not loaded.training
+    # weights rewritten without facerig's metadata (e.g. by another tool) still load through config.json
+    save_file(load_file(str(folder / "model.safetensors")), str(folder / "model.safetensors"))
+    assert _same_weights(DiffusionRig.from_pretrained(folder), model)

@@ -29,11 +29,27 @@ def test_threads_from_option_environment_or_cores(monkeypatch):
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert runtime.configure_threads() == 1
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert runtime.configure_threads() == runtime.available_cores()
+        assert 1 <= runtime.configure_threads() <= runtime.available_cores()
         with pytest.raises(ValueError, match="threads"):
             runtime.configure_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_idle_cores_leaves_a_busy_core_alone():
+    import subprocess
+    import sys
+    import time
+
+    if runtime.available_cores() < 2:
+        pytest.skip("one usable core")
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        assert runtime.idle_cores(0.2) <= runtime.available_cores() - 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_every_command_takes_threads():

@@ -15,8 +15,9 @@ COMMANDS = {
     "render": ("facerig.render.commands", "render physical buffers of 3D face parameters as PNGs"),
     "capture": ("facerig.capture.commands", "photos -> aligned crops, fitted 3D face parameters and buffers"),
     "train": ("facerig.diffusion.commands", "train DiffusionRig (stage 1: generic prior; stage 2: personal)"),
-    "edit": ("facerig.diffusion.commands", "relight, re-pose or change the expression of a portrait"),
+    "edit": ("facerig.edit.commands", "relight, re-pose or change the expression of a portrait"),
     "eval": ("facerig.eval.commands", "identity, edit accuracy and reconstruction metrics with a report"),
+    "ui": ("facerig.ui.commands", "the interactive rig in a local web page"),
 }
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
             configure_threads(args.threads)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # bad input, unreadable or unwritable files: one line, not a traceback
         print(f"facerig {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

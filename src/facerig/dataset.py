@@ -197,3 +197,11 @@ class CaptureDataset(torch.utils.data.Dataset):
     def __getstate__(self):
         # Open shard handles do not pickle (DataLoader workers); each process reopens its own.
         return {**self.__dict__, "_handles": {}}
+
+
+def album_shape(dataset: str | Path) -> torch.Tensor:
+    """The identity shape (1,S) a personal model was trained with: the mean over its album dataset."""
+    data = CaptureDataset(dataset)
+    if len(data) == 0:
+        raise ValueError(f"{dataset}: album dataset has no captured photos")
+    return torch.stack([data.get(i).params["shape"] for i in range(len(data))]).mean(0, keepdim=True)

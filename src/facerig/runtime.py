@@ -2,9 +2,9 @@
 
 Every command that runs a network goes through ``configure_threads`` and ``resolve_precision``:
 
-- threads: ``--threads N``, else ``OMP_NUM_THREADS``, else the cores this process may run on. OpenMP
-  spin-waits, so two jobs that each take every core of a small machine slow each other down many times
-  over; pass ``--threads`` to split the cores between them.
+- threads: ``--threads N``, else ``OMP_NUM_THREADS``, else the cores this process may run on that other
+  processes leave idle. OpenMP spin-waits, so two jobs that each take every core of a small machine slow
+  each other down many times over.
 - precision ``auto`` picks bf16 autocast where the hardware computes bf16 natively (CPUs with AMX or
   AVX512-BF16, CUDA GPUs of compute capability 8 and newer) and fp32 elsewhere. bf16 runs convolutions in
   channels_last layout, the one oneDNN's AMX kernels and cuDNN's tensor-core kernels read directly.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import time
 from functools import lru_cache
 
 import torch
@@ -63,11 +64,37 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def idle_cores(sample_s: float = 0.05) -> int:
+    """Usable cores minus those other processes keep busy, from a short sample of /proc/stat (at least 1).
+
+    OpenMP threads spin-wait between parallel regions: a job taking a core another job is using makes both
+    several times slower (the README edit: 5.6 s alone, 30-38 s beside a 2-thread job with 2 threads,
+    7-10 s with 1). Off Linux, every usable core.
+    """
+    def busy_and_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    cores = available_cores()
+    try:
+        busy0, total0 = busy_and_total()
+        time.sleep(sample_s)
+        busy1, total1 = busy_and_total()
+    except (OSError, ValueError, IndexError):
+        return cores
+    machine = os.cpu_count() or cores
+    busy = machine * (busy1 - busy0) / max(1, total1 - total0)  # cores' worth of work by others
+    return max(1, min(cores, round(machine - busy)))
+
+
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op thread count: ``threads``, else ``OMP_NUM_THREADS``, else the usable cores."""
+    """Set torch's intra-op thread count: ``threads``, else ``OMP_NUM_THREADS``, else the usable cores that
+    other processes leave idle (``idle_cores``)."""
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else available_cores()
+        threads = int(env) if env.isdigit() and int(env) > 0 else idle_cores()
     if threads < 1:
         raise ValueError(f"threads must be >= 1, not {threads}")
     torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ MIN_SIDE = 64
 MAX_PIXELS = 178_956_970
 
 
-class CaptureError(Exception):
+class CaptureError(ValueError):
     """A photo capture cannot use; ``reason`` goes into the manifest, the message also names the file."""
 
     def __init__(self, path: str | Path, reason: str):

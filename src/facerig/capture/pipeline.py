@@ -431,12 +431,10 @@ def capture_photos(paths: list[str | Path], size: int = 256, model=None, device:
     return items, ModelFitter(size, device, model).fit_items(items, album)
 
 
-def capture_image(image: np.ndarray, fitter: ModelFitter, name: str = "image"):
-    """Capture an in-memory (H,W,3) uint8 RGB photo's largest face with ``fitter`` (reused across calls, so
-    its face model loads once); returns the ``FitResult``.
+def prepare_image(image: np.ndarray, size: int, name: str = "image") -> PreparedFace:
+    """Detect and align an in-memory (H,W,3) uint8 RGB photo's largest face at ``size``.
 
     Small images (a 64 px model output, say) are upsampled first so the detector finds the face."""
-    size = fitter.size
     if max(image.shape[:2]) < size:
         scale = size / max(image.shape[:2])
         new = (round(image.shape[1] * scale), round(image.shape[0] * scale))
@@ -445,5 +443,10 @@ def capture_image(image: np.ndarray, fitter: ModelFitter, name: str = "image"):
     if not faces:
         raise NoFaceFound(name, "no face found")
     aligned = align_face(image, faces[0].landmarks + 0.5, size)
-    item = PreparedFace(name, Source(Path(name), name), aligned.image, aligned.landmarks, aligned.transform, {})
-    return fitter.fit_items([item])
+    return PreparedFace(name, Source(Path(name), name), aligned.image, aligned.landmarks, aligned.transform, {})
+
+
+def capture_image(image: np.ndarray, fitter: ModelFitter, name: str = "image"):
+    """Capture an in-memory (H,W,3) uint8 RGB photo's largest face with ``fitter`` (reused across calls, so
+    its face model loads once); returns the ``FitResult``."""
+    return fitter.fit_items([prepare_image(image, fitter.size, name)])

@@ -23,12 +23,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from facerig.diffusion.model import DiffusionRig, ModelConfig, build_from_state, load_official
-from facerig.io import atomic_save_safetensors
+from facerig.io import atomic_save_safetensors, atomic_write_json
 
 FORMAT = "facerig-diffusionrig"
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 LATEST_FILE = "latest.json"
+CONFIG_FILE = "config.json"
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, config: ModelConfig, step: int) -> None:
@@ -49,11 +50,52 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, int]:
-    """(state dict, model config, step) of a facerig weights file."""
+    """(state dict, model config, step) of a facerig weights file; the config comes from the file's metadata,
+    or from ``config.json`` beside it (a ``save_pretrained`` folder whose weights were rewritten by other tools)."""
+    path = Path(path)
     state, meta = read_tensors(path)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a facerig DiffusionRig weights file (format {meta.get('format')!r})")
-    return state, ModelConfig.from_dict(json.loads(meta["config"])), int(meta.get("step", 0))
+    if meta.get("format") == FORMAT:
+        config = _parse_config(meta.get("config", ""), path)
+    elif (path.parent / CONFIG_FILE).exists():
+        config = read_pretrained_config(path.parent)
+    else:
+        raise ValueError(f"{path}: not a facerig DiffusionRig weights file (format {meta.get('format')!r}, "
+                         f"no {CONFIG_FILE} beside it)")
+    try:
+        step = int(meta.get("step", 0))
+    except ValueError:
+        raise ValueError(f"{path}: bad step in metadata ({meta.get('step')!r})") from None
+    return state, config, step
+
+
+def _parse_config(text: str, source: Path) -> ModelConfig:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: model config is not JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: model config is not a JSON object")
+    try:
+        return ModelConfig.from_dict(d)
+    except TypeError as exc:  # missing or mistyped fields
+        raise ValueError(f"{source}: bad model config ({exc})") from None
+
+
+def read_pretrained_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    d = json.loads(path.read_text())
+    if d.get("_class_name") != "DiffusionRig":
+        raise ValueError(f"{path}: not a DiffusionRig config (_class_name {d.get('_class_name')!r})")
+    return _parse_config(json.dumps({k: v for k, v in d.items() if not k.startswith("_")}), path)
+
+
+def save_pretrained(model: DiffusionRig, folder: str | Path) -> Path:
+    """diffusers' folder convention: ``config.json`` (with ``_class_name``) + ``model.safetensors``."""
+    folder = Path(folder)
+    save_weights(model.state_dict(), folder / MODEL_FILE, model.config, 0)
+    atomic_write_json(folder / CONFIG_FILE, {"_class_name": "DiffusionRig", "_facerig_format": FORMAT,
+                                             **model.config.to_dict()})
+    return folder
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -72,8 +114,8 @@ def load_checkpoint(path: str | Path, prefer_ema: bool = True, config: ModelConf
                     device: str | torch.device = "cpu") -> tuple[DiffusionRig, ModelConfig]:
     """A trained model (eval mode) and its config, for inference and editing.
 
-    ``path``: a run folder (its latest checkpoint), a checkpoint folder, a ``.safetensors`` weights file,
-    or an official DiffusionRig ``.pt`` (whose architecture is ``config``, the paper's by default). From a
+    ``path``: a run folder (its latest checkpoint), a checkpoint or ``save_pretrained`` folder, a
+    ``.safetensors`` weights file, or an official DiffusionRig ``.pt`` (whose architecture is ``config``, the paper's by default). From a
     folder, the EMA weights are used when present and ``prefer_ema``.
     """
     path = Path(path)

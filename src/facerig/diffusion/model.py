@@ -142,6 +142,19 @@ class DiffusionRig(nn.Module):
         self.denoisingUNet.memory_format = self.encoder.memory_format = memory_format
         return self
 
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder/config.json`` + ``folder/model.safetensors`` (diffusers' layout)."""
+        from facerig.diffusion.checkpoint import save_pretrained
+
+        return save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "DiffusionRig":
+        """A model saved with ``save_pretrained`` (or any facerig checkpoint ``load_checkpoint`` reads), eval mode."""
+        from facerig.diffusion.checkpoint import load_checkpoint
+
+        return load_checkpoint(folder, device=device)[0]
+
     @property
     def denoiser(self) -> DiffusionRigUNet:
         return self.denoisingUNet

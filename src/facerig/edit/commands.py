@@ -1,0 +1,80 @@
+"""``facerig edit``: relight, re-pose or change the expression of a portrait with a rig.
+
+Everything the command is given is checked before the model is loaded or the photo captured; a bad value,
+an unreadable photo or a photo without a face is one line naming it (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from facerig.runtime import add_runtime_arguments
+
+# rig name -> (module, editor class); a rig registers here when it exists
+RIGS = {"diffusion": ("facerig.diffusion.editor", "DiffusionRigEditor")}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "edit", help="relight, re-pose or change the expression of a portrait",
+        description="Capture PHOTO, edit its 3D face parameters, re-render the buffers and generate the edited "
+                    "photo. Writes OUT/NAME/{source,edited,sheet}.png and edit.json (read by facerig eval).",
+    )
+    p.add_argument("photo", help="the portrait to edit")
+    p.add_argument("--rig", choices=sorted(RIGS), default="diffusion", help="which rig generates the image")
+    p.add_argument("--model", required=True, help="the rig's trained model: run folder, checkpoint or official .pt")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--name", help="sub-folder name (default: the photo's file stem)")
+    p.add_argument("--album", help="a personal model's album dataset: its shared identity shape is used")
+    p.add_argument("--light-from", help="photo whose SH light to use")
+    p.add_argument("--pose-from", help="photo whose head rotation to use")
+    p.add_argument("--expression-from", help="photo whose expression (and jaw) to use")
+    p.add_argument("--latent-from", help="photo whose global latent to use (appearance mixing)")
+    p.add_argument("--light-dir", help="light direction x,y,z in camera space (x right, y up, z to the camera); "
+                   "write --light-dir=-1,0.3,0.6 when it starts with a minus")
+    p.add_argument("--light-intensity", type=float, help="distant-light intensity (ambient is kept)")
+    p.add_argument("--yaw", type=float, help="head yaw in degrees (positive turns the nose to image right)")
+    p.add_argument("--pitch", type=float, help="head pitch in degrees (positive tilts the nose down)")
+    p.add_argument("--roll", type=float, help="head roll in degrees")
+    p.add_argument("--expr", default="", help="expression weights, e.g. mouthSmile_L=0.8,jawOpen=0.3")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same output")
+    p.add_argument("--invert", action="store_true", help="start from the source's DDIM inversion (keeps background)")
+    p.add_argument("--device", default="cpu")
+    add_runtime_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facerig.diffusion.editor import MAX_STEPS, MIN_STEPS
+    from facerig.edit import EditSpec, parse_expression, parse_vector, prepare_targets, write_edit
+    from facerig.io import writable_folder
+
+    spec = EditSpec(
+        light_from=args.light_from, pose_from=args.pose_from, expression_from=args.expression_from,
+        latent_from=args.latent_from, light_dir=parse_vector(args.light_dir, "--light-dir"),
+        light_intensity=args.light_intensity, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
+        expression=parse_expression(args.expr),
+    ).validate()
+    if not MIN_STEPS <= args.steps <= MAX_STEPS:
+        raise ValueError(f"--steps must be in [{MIN_STEPS}, {MAX_STEPS}], not {args.steps}")
+    for photo in [args.photo, *spec.target_photos().values()]:
+        if not Path(photo).is_file():
+            raise FileNotFoundError(f"{photo}: no such photo")
+    folder = writable_folder(Path(args.out) / (args.name or Path(args.photo).stem))
+
+    from facerig.dataset import album_shape
+
+    module, cls = RIGS[args.rig]
+    editor = getattr(importlib.import_module(module), cls)(
+        args.model, args.device, shape=album_shape(args.album) if args.album else None, precision=args.precision)
+    spec.validate(editor.face)  # expression names, now that the face model is loaded
+    session = editor.prepare(args.photo)
+    options = {"rig": args.rig, "model": args.model, "steps": args.steps, "seed": args.seed, "invert": args.invert}
+    result = editor.edit(session, spec, prepare_targets(editor, spec), steps=args.steps, seed=args.seed,
+                         invert=args.invert)
+    write_edit(folder, result, spec, editor.face, options)
+    print(f"facerig edit: wrote {folder / 'edited.png'} and {folder / 'sheet.png'}")
+    return 0

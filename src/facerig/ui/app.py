@@ -1,0 +1,212 @@
+"""The interactive rig behind ``facerig ui``: photo sessions, live buffer previews and edit jobs, as JSON.
+
+Kept apart from HTTP (``server.py``) so it can be driven and tested directly. Images travel as PNG data
+URLs. One edit job runs at a time (a second request waits its turn): two generations at once would only
+share the same cores. Previews render the edited face model at ``preview_size`` with no network, so
+sliders get an answer in a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from facerig.edit import EditProgress, EditSpec, Editor, Session, apply_edit
+from facerig.face3d.light import split_light
+from facerig.face3d.rotation import axis_angle_to_euler
+from facerig.io import contact_sheet, to_uint8_image
+from facerig.render import Renderer, RenderConfig
+
+MAX_UPLOAD_BYTES = 25 << 20
+MAX_SESSIONS = 32
+ROLES = ("light", "pose", "expression", "latent")
+# The ARKit expressions the page offers as sliders (ICT-FaceKit names).
+EXPRESSION_SLIDERS = ("mouthSmile_L", "mouthSmile_R", "jawOpen", "browInnerUp", "browDown_L", "browDown_R",
+                      "eyeBlink_L", "eyeBlink_R", "mouthPucker", "mouthFunnel", "cheekPuff", "noseSneer_L")
+
+
+def png_data_url(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def light_direction(azimuth: float, elevation: float) -> tuple[float, float, float]:
+    """Camera-space unit direction towards the light from two angles in degrees: azimuth 0 = from the camera,
+    +90 = from image right; elevation +90 = from above."""
+    az, el = math.radians(azimuth), math.radians(elevation)
+    return math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)
+
+
+def light_angles(direction: torch.Tensor) -> tuple[float, float]:
+    x, y, z = (float(v) for v in direction)
+    return math.degrees(math.atan2(x, z)), math.degrees(math.asin(max(-1.0, min(1.0, y))))
+
+
+class UserError(ValueError):
+    """A request the page can fix (bad upload, bad value): shown there, never a server failure."""
+
+
+@dataclass
+class Job:
+    progress: dict = field(default_factory=lambda: {"stage": "queued", "index": 0, "total": 0})
+    preview: str | None = None
+    result: dict | None = None
+    error: str | None = None
+    done: bool = False
+
+
+class RigApp:
+    def __init__(self, editor: Editor, rig: str, preview_size: int = 128):
+        self.editor, self.rig = editor, rig
+        self.renderer = Renderer(editor.face, RenderConfig(preview_size))
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.jobs: dict[str, Job] = {}
+        self._gpu = threading.Lock()  # one generation at a time
+        self._sessions_lock = threading.Lock()
+
+    # -- photos --
+
+    def upload(self, data: bytes, filename: str = "upload") -> dict:
+        """An uploaded photo -> a session id, the fitted face drawn over the photo, and slider values."""
+        if not data:
+            raise UserError("the upload is empty")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise UserError(f"{filename}: {len(data) / 2**20:.0f} MB is over the {MAX_UPLOAD_BYTES >> 20} MB limit")
+        suffix = Path(filename).suffix.lower() if Path(filename).suffix else ".img"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"photo{suffix}"
+            path.write_bytes(data)
+            try:
+                session = self.editor.prepare(path, name=Path(filename).stem or "upload")
+            except ValueError as exc:  # unreadable, too small or large, no face: the capture's own reason
+                raise UserError(str(exc).replace(str(path), filename)) from None
+        sid = uuid.uuid4().hex[:12]
+        with self._sessions_lock:
+            self.sessions[sid] = session
+            while len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
+        return {"session": sid, "name": session.name, "overlay": png_data_url(self._overlay(session)),
+                "controls": self._controls(session)}
+
+    def _session(self, sid: str | None) -> Session:
+        with self._sessions_lock:
+            if sid not in self.sessions:
+                raise UserError("that photo is no longer loaded; upload it again")
+            return self.sessions[sid]
+
+    def _overlay(self, session: Session) -> np.ndarray:
+        """The aligned photo with the fitted face's shading blended over its mask."""
+        with torch.no_grad():
+            buf = Renderer(self.editor.face, RenderConfig(session.aligned.shape[-1]))(session.params)
+        photo = session.aligned.to(buf.rendered)
+        shaded = buf.rendered[0].clamp(0, 1)
+        mask = buf.mask[0] * 0.6
+        return to_uint8_image(photo * (1 - mask) + shaded * mask)
+
+    def _controls(self, session: Session) -> dict:
+        p = session.params
+        yaw, pitch, roll = (float(v) for v in axis_angle_to_euler(p.rotation)[0])
+        direction, intensity, _ = split_light(p.light)
+        az, el = light_angles(direction[0])
+        names = self.editor.face.expression_names
+        expression = {n: float(p.expression[0, names.index(n)]) for n in EXPRESSION_SLIDERS if n in names}
+        return {"yaw": yaw, "pitch": pitch, "roll": roll, "light_azimuth": az, "light_elevation": el,
+                "light_intensity": float(intensity[0].mean()), "expression": expression}
+
+    # -- edits --
+
+    def spec(self, body: dict) -> tuple[EditSpec, dict[str, Session]]:
+        """The EditSpec and target sessions of a request body (slider values, target session ids)."""
+        c = body.get("controls", {})
+        try:
+            light_dir = None
+            if c.get("light_azimuth") is not None:
+                light_dir = light_direction(float(c["light_azimuth"]), float(c.get("light_elevation", 0.0)))
+            num = lambda k: None if c.get(k) is None else float(c[k])  # noqa: E731
+            spec = EditSpec(light_dir=light_dir, light_intensity=num("light_intensity"), yaw=num("yaw"),
+                            pitch=num("pitch"), roll=num("roll"),
+                            expression={k: float(v) for k, v in (c.get("expression") or {}).items()})
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"bad control value ({exc})") from None
+        targets = {}
+        for role, sid in (body.get("targets") or {}).items():
+            if role not in ROLES:
+                raise UserError(f"unknown target role {role!r}")
+            if sid:
+                targets[role] = self._session(sid)
+                setattr(spec, f"{role}_from", targets[role].name)
+        try:
+            spec.validate(self.editor.face)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return spec, targets
+
+    def preview(self, body: dict) -> dict:
+        """Rendered and normal buffers of the edited face model: source row, then edited row."""
+        session = self._session(body.get("session"))
+        spec, targets = self.spec(body)
+        with torch.no_grad():
+            edited = apply_edit(self.editor.face, session.params, spec, {r: t.params for r, t in targets.items()})
+            buf = self.renderer(edited)
+        row = [to_uint8_image(buf.rendered[0].clamp(0, 1)), to_uint8_image(buf.normal[0], (-1, 1))]
+        return {"buffers": png_data_url(contact_sheet([row]))}
+
+    def start_edit(self, body: dict) -> dict:
+        session = self._session(body.get("session"))
+        spec, targets = self.spec(body)
+        options = {}
+        for key, kind, low, high in (("steps", int, 2, 1000), ("seed", int, 0, 2**31 - 1)):
+            if key in body:
+                try:
+                    options[key] = kind(body[key])
+                except (TypeError, ValueError):
+                    raise UserError(f"{key} must be a whole number") from None
+                if not low <= options[key] <= high:
+                    raise UserError(f"{key} must be in [{low}, {high}]")
+        if "invert" in body:
+            options["invert"] = bool(body["invert"])
+        job_id = uuid.uuid4().hex[:12]
+        job = self.jobs[job_id] = Job()
+        threading.Thread(target=self._run, args=(job, session, spec, targets, options), daemon=True).start()
+        return {"job": job_id}
+
+    def _run(self, job: Job, session: Session, spec: EditSpec, targets: dict, options: dict) -> None:
+        def on_step(p: EditProgress) -> None:
+            job.progress = {"stage": p.stage, "index": p.index + 1, "total": p.total}
+            if p.stage == "sample":
+                job.preview = png_data_url(to_uint8_image(p.preview, (-1, 1)))
+
+        try:
+            with self._gpu:
+                job.progress = {"stage": "starting", "index": 0, "total": 0}
+                result = self.editor.edit(session, spec, targets, on_step=on_step, **options)
+            record = {"edit": spec.to_dict(), "options": {"rig": self.rig, **options},
+                      "source_params": {k: v[0].tolist() for k, v in result.source_params.to_dict().items()},
+                      "target_params": {k: v[0].tolist() for k, v in result.target_params.to_dict().items()}}
+            job.result = {"edited": png_data_url(to_uint8_image(result.edited, (-1, 1))),
+                          "source": png_data_url(to_uint8_image(result.source, (-1, 1))), "edit_json": record}
+        except ValueError as exc:
+            job.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported in the page; the server keeps serving
+            job.error = f"edit failed: {type(exc).__name__}: {exc}"
+        finally:
+            job.done = True
+
+    def job(self, job_id: str) -> dict:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise UserError("unknown job")
+        return {"progress": job.progress, "preview": job.preview, "result": job.result, "error": job.error,
+                "done": job.done}

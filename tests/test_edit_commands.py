@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from helpers import shared_path
+from PIL import Image
+
+from facerig.cli import main
+
+MODEL = "models/diffusionrig-tiny-celeba64.safetensors"
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return str(shared_path("data", "ffhq-samples", "00003.png"))
+
+
+def _edit(tmp_path, photo, *extra):
+    return main(["edit", photo, "--model", MODEL, "--out", str(tmp_path / "out"), "--threads", "1", *extra])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "--steps must be in"),
+    (["--steps", "-5"], "--steps must be in"),
+    (["--yaw", "nan"], "yaw must be a finite number"),
+    (["--pitch", "inf"], "pitch must be a finite number"),
+    (["--light-dir=0,0,0"], "light direction must not be zero"),
+    (["--light-dir=1,nan,0"], "three finite numbers"),
+    (["--expr", "jawOpen=1e30"], "expression weight jawOpen 1e\\+30 is outside"),
+    (["--expr", "smile=0.5"], "unknown expression 'smile'"),
+    (["--light-from", "no/such/photo.png"], "no/such/photo.png: no such photo"),
+])
+def test_bad_arguments_are_one_line_before_any_capture(tmp_path, photo, capsys, extra, message):
+    assert _edit(tmp_path, photo, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "out" / "00003" / "edited.png").exists()
+
+
+def test_unusable_photos_and_outputs_are_one_line(tmp_path, photo, capsys):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(blank)
+    assert _edit(tmp_path, str(blank)) == 2
+    assert "blank.png: no face found" in capsys.readouterr().err
+    assert _edit(tmp_path, str(tmp_path / "missing.png")) == 2
+    assert "missing.png: no such photo" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["edit", photo, "--model", MODEL, "--out", str(tmp_path / "file"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "file" in err and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert _edit(tmp_path, photo, "--model", str(tmp_path / "file")) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_edit_writes_the_result(tmp_path, photo):
+    assert _edit(tmp_path, photo, "--yaw", "20", "--steps", "4", "--expr", "mouthSmile_L=0.8") == 0
+    folder = tmp_path / "out" / "00003"
+    assert all((folder / n).stat().st_size > 0 for n in ("source.png", "edited.png", "sheet.png", "edit.json"))

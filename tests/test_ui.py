@@ -1,0 +1,138 @@
+"""The interactive rig: the app logic directly, then the page in a real browser (Debian's chromium driven by
+playwright with the system browser; .ci/run installs it)."""
+
+import io
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import require, shared_path, unavailable
+from PIL import Image
+
+from facerig.diffusion.editor import DiffusionRigEditor
+from facerig.ui.app import RigApp, UserError
+from facerig.ui.server import make_server
+
+MODEL = Path(__file__).parents[1] / "models" / "diffusionrig-tiny-celeba64.safetensors"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def app():
+    return RigApp(DiffusionRigEditor(MODEL, precision="fp32"), "diffusion")
+
+
+@pytest.fixture(scope="module")
+def photo_bytes():
+    return shared_path("data", "ffhq-samples", "00003.png").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def uploaded(app, photo_bytes):
+    return app.upload(photo_bytes, "00003.png")
+
+
+def _wait(app, job_id, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        state = app.job(job_id)
+        if state["done"]:
+            return state
+        time.sleep(0.05)
+    raise AssertionError("edit job did not finish")
+
+
+def test_upload_gives_session_overlay_and_the_fitted_controls(uploaded):
+    assert uploaded["overlay"].startswith("data:image/png;base64,")
+    c = uploaded["controls"]
+    assert abs(c["yaw"]) < 45 and 0 <= c["expression"]["jawOpen"] <= 1 and c["light_intensity"] >= 0
+
+
+def test_preview_follows_the_sliders(app, uploaded):
+    base = {"session": uploaded["session"], "controls": dict(uploaded["controls"])}
+    a = app.preview(base)["buffers"]
+    assert app.preview(base)["buffers"] == a  # same controls, same picture
+    turned = {**base, "controls": {**base["controls"], "yaw": 30.0}}
+    lit = {**base, "controls": {**base["controls"], "light_azimuth": -80.0}}
+    assert app.preview(turned)["buffers"] != a and app.preview(lit)["buffers"] != a
+
+
+@pytest.mark.parametrize("data, name, message", [
+    (b"", "empty.png", "empty"),
+    (b"\x89PNG\r\n\x1a\n this is not a png", "corrupt.png", "corrupt.png"),
+    (b"0" * (26 << 20), "huge.jpg", "over the 25 MB limit"),
+])
+def test_bad_uploads_are_user_errors(app, data, name, message):
+    with pytest.raises(UserError, match=message):
+        app.upload(data, name)
+
+
+def test_photo_without_a_face_is_a_user_error(app):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((300, 300, 3), 90, np.uint8)).save(buf, format="PNG")
+    with pytest.raises(UserError, match="blank.png: no face found"):
+        app.upload(buf.getvalue(), "blank.png")
+
+
+def test_edit_job_reports_progress_and_same_seed_same_result(app, uploaded):
+    body = {"session": uploaded["session"], "controls": {**uploaded["controls"], "yaw": 20.0}, "steps": 3, "seed": 5,
+            "invert": False}
+    first = _wait(app, app.start_edit(body)["job"])
+    assert first["error"] is None and first["progress"] == {"stage": "sample", "index": 3, "total": 3}
+    again = _wait(app, app.start_edit(body)["job"])
+    other = _wait(app, app.start_edit({**body, "seed": 6})["job"])
+    assert again["result"]["edited"] == first["result"]["edited"] != other["result"]["edited"]
+    assert first["result"]["edit_json"]["edit"]["yaw"] == 20.0
+    with pytest.raises(UserError, match="steps must be in"):
+        app.start_edit({**body, "steps": 0})
+    with pytest.raises(UserError, match="yaw must be a finite number"):
+        app.preview({**body, "controls": {**body["controls"], "yaw": float("nan")}})
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    srv = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_page_in_a_real_browser(server, tmp_path):
+    sync_api = require("playwright.sync_api")
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        unavailable("Debian's chromium is not installed (apt-get install chromium)")
+    shots = Path("out") / "ui-screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server)
+            page.set_input_files("#photo", str(shared_path("data", "ffhq-samples", "00003.png")))
+            page.wait_for_function("document.getElementById('overlay').src.startsWith('data:image')", timeout=60_000)
+            page.wait_for_function("Number(document.getElementById('buffers').dataset.count) >= 1", timeout=30_000)
+            before = page.get_attribute("#buffers", "src")
+            for name, value in (("s-yaw", "35"), ("s-light_azimuth", "-70")):
+                page.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
+            page.wait_for_function(f"document.getElementById('buffers').src !== {before!r}", timeout=30_000)
+            page.fill("#steps", "3")
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('result').dataset.done === '1'", timeout=120_000)
+            assert page.get_attribute("#result", "src").startswith("data:image/png")
+            assert not page.is_hidden("#download-json")
+            page.screenshot(path=str(shots / "photo-edit.png"), full_page=True)
+            bad = tmp_path / "broken.png"
+            bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+            page.set_input_files("#photo", str(bad))
+            page.wait_for_function("document.getElementById('error').textContent.includes('broken.png')", timeout=30_000)
+            page.screenshot(path=str(shots / "bad-upload.png"), full_page=True)
+            assert page.evaluate("fetch('/').then(r => r.status)") == 200  # still serving
+        finally:
+            browser.close()
