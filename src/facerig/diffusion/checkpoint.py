@@ -20,33 +20,19 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
+from facerig import weights
 from facerig.diffusion.model import DiffusionRig, ModelConfig, build_from_state, load_official
-from facerig.io import atomic_save_safetensors, atomic_write_json
+from facerig.weights import read_tensors
 
-FORMAT = "facerig-diffusionrig"
-MODEL_FILE = "model.safetensors"
+FORMAT = DiffusionRig.weights_format
+MODEL_FILE = weights.WEIGHTS_FILE
 EMA_FILE = "ema.safetensors"
 LATEST_FILE = "latest.json"
-CONFIG_FILE = "config.json"
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, config: ModelConfig, step: int) -> None:
-    meta = {"format": FORMAT, "config": json.dumps(config.to_dict()), "step": str(step)}
-    atomic_save_safetensors(state, path, metadata=meta)
-
-
-def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor and the metadata of a safetensors file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except SafetensorError as exc:
-        raise ValueError(f"{path}: not a safetensors file ({exc})") from exc
+    weights.save_weights(state, path, FORMAT, config.to_dict(), step)
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, int]:
@@ -55,47 +41,17 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     path = Path(path)
     state, meta = read_tensors(path)
     if meta.get("format") == FORMAT:
-        config = _parse_config(meta.get("config", ""), path)
-    elif (path.parent / CONFIG_FILE).exists():
-        config = read_pretrained_config(path.parent)
+        config = weights.parse_config(ModelConfig, meta.get("config", ""), path)
+    elif (path.parent / weights.CONFIG_FILE).exists():
+        config = DiffusionRig.read_pretrained_config(path.parent)
     else:
         raise ValueError(f"{path}: not a facerig DiffusionRig weights file (format {meta.get('format')!r}, "
-                         f"no {CONFIG_FILE} beside it)")
+                         f"no {weights.CONFIG_FILE} beside it)")
     try:
         step = int(meta.get("step", 0))
     except ValueError:
         raise ValueError(f"{path}: bad step in metadata ({meta.get('step')!r})") from None
     return state, config, step
-
-
-def _parse_config(text: str, source: Path) -> ModelConfig:
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: model config is not JSON ({exc})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{source}: model config is not a JSON object")
-    try:
-        return ModelConfig.from_dict(d)
-    except TypeError as exc:  # missing or mistyped fields
-        raise ValueError(f"{source}: bad model config ({exc})") from None
-
-
-def read_pretrained_config(folder: str | Path) -> ModelConfig:
-    path = Path(folder) / CONFIG_FILE
-    d = json.loads(path.read_text())
-    if d.get("_class_name") != "DiffusionRig":
-        raise ValueError(f"{path}: not a DiffusionRig config (_class_name {d.get('_class_name')!r})")
-    return _parse_config(json.dumps({k: v for k, v in d.items() if not k.startswith("_")}), path)
-
-
-def save_pretrained(model: DiffusionRig, folder: str | Path) -> Path:
-    """diffusers' folder convention: ``config.json`` (with ``_class_name``) + ``model.safetensors``."""
-    folder = Path(folder)
-    save_weights(model.state_dict(), folder / MODEL_FILE, model.config, 0)
-    atomic_write_json(folder / CONFIG_FILE, {"_class_name": "DiffusionRig", "_facerig_format": FORMAT,
-                                             **model.config.to_dict()})
-    return folder
 
 
 def checkpoint_dir(path: str | Path) -> Path:

@@ -44,6 +44,14 @@ class DiffusionRigEditor:
         self.shape = shape.to(self.device) if shape is not None else None
         self._capture = SessionCapture(self.face, self.device)
 
+    @staticmethod
+    def check_options(steps: int = 20, seed: int = 0, invert: bool = False) -> None:
+        """Refuse options no edit can run with (before anything is loaded)."""
+        if not MIN_STEPS <= steps <= MAX_STEPS:
+            raise ValueError(f"--steps must be in [{MIN_STEPS}, {MAX_STEPS}], not {steps}")
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"--seed must be in [0, 2^63), not {seed}")
+
     @property
     def size(self) -> int:
         return self.config.image_size
@@ -72,8 +80,7 @@ class DiffusionRigEditor:
     def edit(self, session: Session, spec: EditSpec, targets: dict[str, Session] | None = None,
              on_step: StepCallback | None = None, *, steps: int = 20, seed: int = 0, invert: bool = False) -> EditResult:
         spec.validate(self.face)
-        if not MIN_STEPS <= steps <= MAX_STEPS:
-            raise ValueError(f"steps must be in [{MIN_STEPS}, {MAX_STEPS}], not {steps}")
+        self.check_options(steps, seed, invert)
         targets = targets or {}
         missing = set(spec.target_photos()) - set(targets)
         if missing:

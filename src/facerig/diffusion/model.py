@@ -8,7 +8,6 @@ state dict of the official ``DiffusionRig`` loads 1:1 and exports back to exactl
 
 from __future__ import annotations
 
-import contextlib
 import io
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 from facerig.diffusion.encoder import ResNet18Encoder
 from facerig.diffusion.unet import DiffusionRigUNet
 from facerig.io import atomic_write_bytes
+from facerig.weights import PretrainedMixin
 
 # guided-diffusion's channel multipliers by image size (used when a config gives none).
 DEFAULT_CHANNEL_MULT = {
@@ -123,8 +123,14 @@ def get_config(name_or_config: str | ModelConfig) -> ModelConfig:
     return CONFIGS[name_or_config]
 
 
-class DiffusionRig(nn.Module):
-    """Denoiser (``denoisingUNet``) plus global-latent encoder (``encoder``), official key layout."""
+class DiffusionRig(nn.Module, PretrainedMixin):
+    """Denoiser (``denoisingUNet``) plus global-latent encoder (``encoder``), official key layout.
+
+    ``save_pretrained(folder)`` / ``DiffusionRig.from_pretrained(folder)``: diffusers' folder layout.
+    """
+
+    config_class = ModelConfig
+    weights_format = "facerig-diffusionrig"
 
     def __init__(self, config: ModelConfig | str = "paper"):
         super().__init__()
@@ -141,19 +147,6 @@ class DiffusionRig(nn.Module):
         """Run both networks' activations in ``memory_format`` (weights and outputs keep theirs)."""
         self.denoisingUNet.memory_format = self.encoder.memory_format = memory_format
         return self
-
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``folder/config.json`` + ``folder/model.safetensors`` (diffusers' layout)."""
-        from facerig.diffusion.checkpoint import save_pretrained
-
-        return save_pretrained(self, folder)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "DiffusionRig":
-        """A model saved with ``save_pretrained`` (or any facerig checkpoint ``load_checkpoint`` reads), eval mode."""
-        from facerig.diffusion.checkpoint import load_checkpoint
-
-        return load_checkpoint(folder, device=device)[0]
 
     @property
     def denoiser(self) -> DiffusionRigUNet:
@@ -218,52 +211,9 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
-    """``load_state_dict(strict=True)`` with an error that names the file and the first offending keys.
-
-    ``assign=True`` adopts the given tensors (for a model built on the meta device: no wasted random init).
-    """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{source}: state dict does not fit the model ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(wrong)} shape mismatches); e.g. missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"shapes {wrong[:3]}"
-        )
-    model.load_state_dict(state, assign=assign)
-
-
-@contextlib.contextmanager
-def _skip_init():
-    """Build modules without running their weight initialisers (their tensors are overwritten next).
-
-    The meta device would do the same, but its first use imports torch's decompositions (about 0.7 s),
-    the largest part of loading a small model.
-    """
-    names = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "zeros_", "ones_", "constant_")
-    saved = {n: getattr(nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(nn.init, n, fn)
-
-
 def build_from_state(config: ModelConfig | str, state: dict[str, torch.Tensor], source: str) -> DiffusionRig:
     """A model holding ``state``'s tensors (CPU), built without initializing weights it would overwrite."""
-    with _skip_init():
-        model = DiffusionRig(config)
-    own = model.state_dict()
-    # Adopted tensors keep their dtype: bring e.g. half-precision exports to the model's float32.
-    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
-    load_state_dict_checked(model, state, source, assign=True)
-    return model
+    return DiffusionRig.from_state(get_config(config), state, source)
 
 
 def load_official(path: str | Path, config: ModelConfig | str = "paper") -> DiffusionRig:

@@ -52,9 +52,10 @@ from facerig.dataset import CaptureDataset
 from facerig.diffusion.checkpoint import (
     EMA_FILE, LATEST_FILE, MODEL_FILE, checkpoint_dir, load_checkpoint, read_tensors, read_weights, save_weights,
 )
-from facerig.diffusion.model import DiffusionRig, ModelConfig, get_config, global_latent, load_state_dict_checked
+from facerig.diffusion.model import DiffusionRig, ModelConfig, get_config, global_latent
 from facerig.diffusion.process import DEFAULT_SCHEDULE, denoiser_fn, sample, training_loss
 from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
+from facerig.weights import load_state_dict_checked
 
 STAGE_LR = {1: 1e-4, 2: 1e-5}
 # Settings a resumed run must share with its checkpoint: they define the model, its data and its randomness.

@@ -48,7 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facerig.diffusion.editor import MAX_STEPS, MIN_STEPS
     from facerig.edit import EditSpec, parse_expression, parse_vector, prepare_targets, write_edit
     from facerig.io import writable_folder
 
@@ -58,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
         light_intensity=args.light_intensity, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
         expression=parse_expression(args.expr),
     ).validate()
-    if not MIN_STEPS <= args.steps <= MAX_STEPS:
-        raise ValueError(f"--steps must be in [{MIN_STEPS}, {MAX_STEPS}], not {args.steps}")
+    module, cls = RIGS[args.rig]
+    editor_cls = getattr(importlib.import_module(module), cls)
+    options = {"steps": args.steps, "seed": args.seed, "invert": args.invert}
+    editor_cls.check_options(**options)
     for photo in [args.photo, *spec.target_photos().values()]:
         if not Path(photo).is_file():
             raise FileNotFoundError(f"{photo}: no such photo")
@@ -67,14 +68,11 @@ def run(args: argparse.Namespace) -> int:
 
     from facerig.dataset import album_shape
 
-    module, cls = RIGS[args.rig]
-    editor = getattr(importlib.import_module(module), cls)(
+    editor = editor_cls(
         args.model, args.device, shape=album_shape(args.album) if args.album else None, precision=args.precision)
     spec.validate(editor.face)  # expression names, now that the face model is loaded
     session = editor.prepare(args.photo)
-    options = {"rig": args.rig, "model": args.model, "steps": args.steps, "seed": args.seed, "invert": args.invert}
-    result = editor.edit(session, spec, prepare_targets(editor, spec), steps=args.steps, seed=args.seed,
-                         invert=args.invert)
-    write_edit(folder, result, spec, editor.face, options)
+    result = editor.edit(session, spec, prepare_targets(editor, spec), **options)
+    write_edit(folder, result, spec, editor.face, {"rig": args.rig, "model": args.model, **options})
     print(f"facerig edit: wrote {folder / 'edited.png'} and {folder / 'sheet.png'}")
     return 0

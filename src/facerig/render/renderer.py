@@ -19,7 +19,7 @@ from torch import nn
 from facerig.face3d.camera import PROJECTIONS, project
 from facerig.face3d.model import FaceGeometry, MorphableModel
 from facerig.face3d.params import FaceParams
-from facerig.render.rasterize import Fragments, rasterize
+from facerig.render.rasterize import rasterize
 from facerig.render.sh import sh_shading
 
 # DiffusionRig's 9 conditioning channels, in order: the buffers stored per photo and fed to the denoiser.
