@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from pathlib import Path
 
 from facerig import runtime
 from facerig.diffusion.editor import DiffusionRigEditor
 from facerig.paths import shared_dir
-from facerig.ui.app import RigApp
+from facerig.ui.app import RigApp, TorchWorker
 
 
 def _edit_times(app: RigApp, body: dict) -> dict:
@@ -48,7 +49,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     threads = runtime.configure_threads(args.threads)
-    app = RigApp(DiffusionRigEditor(args.model, args.device), "diffusion")
+    worker = TorchWorker()
+    app = RigApp(DiffusionRigEditor(args.model, args.device), "diffusion", worker)
+    # As in facerig ui: the torch work on the main thread, the requests (here: this measurement) on another.
+    out: dict = {}
+    client = threading.Thread(target=lambda: out.update(measure(app, args)) or worker.stop())
+    client.start()
+    worker.run_forever()
+    client.join()
+    report = {"device": args.device, "threads": threads, "precision": app.editor.precision, "steps": args.steps, **out}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def measure(app: RigApp, args: argparse.Namespace) -> dict:
     up = app.upload(Path(args.photo).read_bytes(), Path(args.photo).name)
     base = {"session": up["session"], "controls": up["controls"]}
     times = []
@@ -58,15 +72,12 @@ def main(argv: list[str] | None = None) -> dict:
         app.preview({**base, "controls": controls})
         times.append(time.perf_counter() - start)
     edit = {**base, "controls": {**up["controls"], "yaw": 20.0}, "steps": args.steps, "seed": 0}
-    report = {
-        "device": args.device, "threads": threads, "precision": app.editor.precision, "steps": args.steps,
+    return {
         "preview_updates_per_s": round(1.0 / statistics.median(times), 1),
         "edit_from_noise": _edit_times(app, {**edit, "invert": False}),
         "edit_inverted_first": _edit_times(app, {**edit, "invert": True}),
         "edit_inverted_again": _edit_times(app, {**edit, "invert": True, "controls": {**edit["controls"], "yaw": 10.0}}),
     }
-    print(json.dumps(report, indent=2))
-    return report
 
 
 if __name__ == "__main__":

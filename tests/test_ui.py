@@ -13,7 +13,7 @@ from helpers import require, shared_path, unavailable
 from PIL import Image
 
 from facerig.diffusion.editor import DiffusionRigEditor
-from facerig.ui.app import RigApp, UserError
+from facerig.ui.app import RigApp, TorchWorker, UserError
 from facerig.ui.server import make_server
 
 MODEL = Path(__file__).parents[1] / "models" / "diffusionrig-tiny-celeba64.safetensors"
@@ -22,7 +22,9 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def app():
-    return RigApp(DiffusionRigEditor(MODEL, precision="fp32"), "diffusion")
+    worker = TorchWorker().start()
+    yield RigApp(DiffusionRigEditor(MODEL, precision="fp32"), "diffusion", worker)
+    worker.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from facerig.dataset import album_shape
     from facerig.edit.commands import RIGS
-    from facerig.ui.app import RigApp
+    import threading
+
+    from facerig.ui.app import RigApp, TorchWorker
     from facerig.ui.server import make_server
 
     if args.rig not in RIGS:
@@ -32,13 +34,16 @@ def run(args: argparse.Namespace) -> int:
     module, cls = RIGS[args.rig]
     editor = getattr(importlib.import_module(module), cls)(
         args.model, args.device, shape=album_shape(args.album) if args.album else None, precision=args.precision)
-    server = make_server(RigApp(editor, args.rig), args.host, args.port)
+    worker = TorchWorker()
+    server = make_server(RigApp(editor, args.rig, worker), args.host, args.port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"facerig ui: serving the {args.rig} rig on http://{args.host}:{server.server_port} (Ctrl-C stops)",
           flush=True)
     try:
-        server.serve_forever()
+        worker.run_forever()  # torch work stays on the main thread (see facerig.ui.app)
     except KeyboardInterrupt:
         pass
     finally:
+        server.shutdown()
         server.server_close()
     return 0
