@@ -267,8 +267,10 @@ class Trainer:
 
         self.ddp = self.model
         if self.d.world > 1:
+            # The official code's setting: BatchNorm statistics stay per process (no broadcast every step).
             self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None)
+                self.model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None,
+                broadcast_buffers=False)
 
     # -- setup --
 
