@@ -3,7 +3,8 @@
 Images are in [-1,1]; buffers are 9 channels in ``facerig.render.renderer.BUFFER_NAMES`` order (rendered, normal,
 albedo), as the official code concatenates them. Modules: ``unet`` (the denoiser), ``encoder`` (ResNet-18
 global latent), ``model`` (``DiffusionRig``, named configs, official checkpoint I/O), ``process``
-(schedulers, loss, samplers, DDIM inversion), ``checkpoint`` (facerig checkpoints, ``load_checkpoint``),
-``train`` (both training stages), ``commands`` (``facerig train``). Import from the modules: this package
-imports nothing eagerly, so ``facerig --help`` stays fast (diffusers takes seconds to import).
+(noise schedule, loss, DDIM sampling and inversion with a per-step callback), ``checkpoint`` (facerig
+checkpoints, ``load_checkpoint``), ``train`` (both training stages), ``editor`` (``DiffusionRigEditor``, the
+``facerig.edit`` protocol), ``commands`` (``facerig train``). Import from the modules: this package imports
+nothing eagerly, so commands that do not use it stay fast.
 """

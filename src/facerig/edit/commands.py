@@ -7,13 +7,10 @@ an unreadable photo or a photo without a face is one line naming it (exit code 2
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
+from facerig.edit.editor import RIGS
 from facerig.runtime import add_runtime_arguments
-
-# rig name -> (module, editor class); a rig registers here when it exists
-RIGS = {"diffusion": ("facerig.diffusion.editor", "DiffusionRigEditor")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facerig.edit import EditSpec, parse_expression, parse_vector, prepare_targets, write_edit
+    from facerig.edit.editor import editor_class, load_editor
     from facerig.io import writable_folder
 
     spec = EditSpec(
@@ -57,19 +55,13 @@ def run(args: argparse.Namespace) -> int:
         light_intensity=args.light_intensity, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
         expression=parse_expression(args.expr),
     ).validate()
-    module, cls = RIGS[args.rig]
-    editor_cls = getattr(importlib.import_module(module), cls)
     options = {"steps": args.steps, "seed": args.seed, "invert": args.invert}
-    editor_cls.check_options(**options)
+    editor_class(args.rig).check_options(**options)
     for photo in [args.photo, *spec.target_photos().values()]:
         if not Path(photo).is_file():
             raise FileNotFoundError(f"{photo}: no such photo")
     folder = writable_folder(Path(args.out) / (args.name or Path(args.photo).stem))
-
-    from facerig.dataset import album_shape
-
-    editor = editor_cls(
-        args.model, args.device, shape=album_shape(args.album) if args.album else None, precision=args.precision)
+    editor = load_editor(args.rig, args.model, args.device, args.album, args.precision)
     spec.validate(editor.face)  # expression names, now that the face model is loaded
     session = editor.prepare(args.photo)
     result = editor.edit(session, spec, prepare_targets(editor, spec), **options)

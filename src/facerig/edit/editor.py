@@ -11,6 +11,7 @@ imports a rig: ``facerig.diffusion`` and ``facerig.stylerig`` import this module
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -61,10 +62,33 @@ class EditResult:
 class Editor(Protocol):
     face: MorphableModel
 
+    @staticmethod
+    def check_options(**options) -> None:
+        """Raise a ValueError for options no edit can run with, before anything is loaded."""
+
     def prepare(self, photo: str | Path | np.ndarray, name: str | None = None) -> Session: ...
 
     def edit(self, session: Session, spec: EditSpec, targets: dict[str, Session] | None = None,
              on_step: StepCallback | None = None, **options) -> EditResult: ...
+
+
+# rig name -> (module, editor class); a rig registers here when it exists. Imported by name, so this
+# module never imports a rig.
+RIGS = {"diffusion": ("facerig.diffusion.editor", "DiffusionRigEditor")}
+
+
+def editor_class(rig: str) -> type:
+    if rig not in RIGS:
+        raise ValueError(f"unknown rig {rig!r}; choose from {sorted(RIGS)}")
+    module, name = RIGS[rig]
+    return getattr(importlib.import_module(module), name)
+
+
+def load_editor(rig: str, model: str, device: str = "cpu", album: str | None = None, precision: str = "auto") -> Editor:
+    """The ``rig``'s editor for a trained ``model``; with ``album``, a personal model's shared shape."""
+    from facerig.dataset import album_shape
+
+    return editor_class(rig)(model, device, shape=album_shape(album) if album else None, precision=precision)
 
 
 class SessionCapture:

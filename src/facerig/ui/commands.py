@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from facerig.runtime import add_runtime_arguments
 
@@ -22,18 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facerig.dataset import album_shape
-    from facerig.edit.commands import RIGS
     import threading
 
+    from facerig.edit.editor import load_editor
     from facerig.ui.app import RigApp, TorchWorker
     from facerig.ui.server import make_server
 
-    if args.rig not in RIGS:
-        raise ValueError(f"unknown rig {args.rig!r}; choose from {sorted(RIGS)}")
-    module, cls = RIGS[args.rig]
-    editor = getattr(importlib.import_module(module), cls)(
-        args.model, args.device, shape=album_shape(args.album) if args.album else None, precision=args.precision)
+    editor = load_editor(args.rig, args.model, args.device, args.album, args.precision)
     worker = TorchWorker()
     server = make_server(RigApp(editor, args.rig, worker), args.host, args.port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
