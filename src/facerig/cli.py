@@ -18,6 +18,7 @@ COMMANDS = {
     "edit": ("facerig.edit.commands", "relight, re-pose or change the expression of a portrait"),
     "eval": ("facerig.eval.commands", "identity, edit accuracy and reconstruction metrics with a report"),
     "ui": ("facerig.ui.commands", "the interactive rig in a local web page"),
+    "gan": ("facerig.stylerig.commands", "train a StyleGAN2 generator on aligned faces"),
 }
 
 

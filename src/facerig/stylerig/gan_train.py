@@ -1,0 +1,470 @@
+"""Train a StyleGAN2 (``stylegan2.Generator`` / ``Discriminator``) on aligned face crops: ``facerig gan train``.
+
+The recipe is rosinality's ``train.py`` (itself StyleGAN2 config-f): non-saturating logistic loss, Adam with
+betas (0, 0.99), lazy R1 on D every ``r1_every`` steps, style mixing, optional lazy path-length
+regularisation, an EMA generator (G_ema); plus DiffAugment on everything D sees, because face data sets
+here are small (thousands, not FFHQ's 70k). Defaults are sized for a CPU: 64 px, 2.3M-parameter G.
+
+Data: a ``facerig capture`` folder (its aligned crops) or a folder of PNG/JPG images (centre square crop),
+resized to ``size`` and held in memory as uint8; each step draws a batch uniformly with replacement.
+
+Exact resumption as in ``facerig.diffusion.train``: G, D, G_ema, both optimizers, the path-length mean and
+every RNG (the global one that drives noise injection, a device generator for z / batches / augmentation, a
+host generator for style-mixing decisions) are checkpointed atomically; a run killed and resumed on CPU ends
+bit-identical to an uninterrupted one (same thread count). Run folder::
+
+    RUN/latest.json, RUN/config.json, RUN/log.jsonl, RUN/samples/step_NNNNNNNN.png
+    RUN/checkpoints/step_NNNNNNNN/{generator,g_ema,discriminator}.safetensors  (config + step in metadata)
+                                  trainer.safetensors + trainer.json, rng.safetensors
+
+``load_generator`` reads a G_ema (or G) file, checkpoint or run folder; ``export_rosinality`` writes it as a
+rosinality ``.pt`` for ``stylegan2.load_rosinality``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from facerig import runtime
+from facerig.dataset import CaptureDataset
+from facerig.diffusion.checkpoint import LATEST_FILE
+from facerig.diffusion.train import (
+    _log_step, _opt, _rng_state, _same_setting, _set_rng_state, optimizer_state_from_files, optimizer_state_to_files,
+)
+from facerig.io import (
+    atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image, writable_folder,
+)
+from facerig.stylerig.augment import POLICY, diff_augment, parse_policy
+from facerig.stylerig.stylegan2 import Discriminator, Generator
+from facerig.weights import load_state_dict_checked, read_tensors, save_weights
+
+GENERATOR_FORMAT = "facerig-stylegan2-generator"
+DISCRIMINATOR_FORMAT = "facerig-stylegan2-discriminator"
+G_FILE, G_EMA_FILE, D_FILE = "generator.safetensors", "g_ema.safetensors", "discriminator.safetensors"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Settings a resumed run must share with its checkpoint: they define the model, its data and its randomness.
+RESUME_FIXED = ("data", "size", "seed", "channel_base", "channel_max", "style_dim", "n_mlp", "mirror")
+SAMPLE_ROWS, SAMPLE_COLS = 4, 8
+
+
+@dataclass
+class GanTrainConfig:
+    data: str = field(metadata={"help": "facerig capture dataset folder (its aligned crops) or a folder of "
+                                        "PNG/JPG images (centre square crop)"})
+    out: str = field(metadata={"help": "run folder: checkpoints, log.jsonl, sample grids"})
+    size: int = _opt(64, "image size (a power of 2, >= 8)")
+    channel_base: int = _opt(2048, "channels at resolution r: min(channel_base // r, channel_max), for G and D")
+    channel_max: int = _opt(256, "the largest channel count")
+    style_dim: int = _opt(256, "z and w dimension")
+    n_mlp: int = _opt(4, "mapping network layers")
+    steps: int = _opt(20_000, "total iterations, one D and one G step each (a resumed run continues up to it)")
+    batch_size: int = _opt(16, "images per step (below 4, or a multiple of 4: D's minibatch-stddev groups)")
+    lr: float = _opt(0.002, "Adam learning rate (scaled for lazy regularisation)")
+    r1: float | None = _opt(None, "R1 gamma (default StyleGAN2-ADA's heuristic 0.0002 * size^2 / batch_size)")
+    r1_every: int = _opt(16, "D steps between lazy R1 penalties")
+    path_regularize: float = _opt(0.0, "path-length regularisation weight (rosinality: 2; 0: off)")
+    path_every: int = _opt(4, "G steps between lazy path-length penalties")
+    mixing: float = _opt(0.9, "style-mixing probability")
+    ema_kimg: float = _opt(10.0, "G_ema half-life in thousands of images (rosinality's 0.5 ** (32 / 10000))")
+    augment: str = _opt(POLICY, "DiffAugment policy for real and fake images before D ('' = none)")
+    mirror: bool = _opt(False, "flip real images horizontally at random")
+    precision: str = _opt("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
+                                  "else fp32 (R1 and path length always fp32)", choices=runtime.PRECISIONS)
+    threads: int | None = _opt(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
+    seed: int = _opt(0, "seed of the initial weights, data order, latents, noise and augmentation")
+    log_every: int = _opt(50, "steps between host syncs: log lines and the NaN check")
+    sample_every: int = _opt(1000, "steps between G_ema sample grids (fixed z)")
+    ckpt_every: int = _opt(2000, "steps between checkpoints")
+    keep_checkpoints: int = _opt(2, "checkpoints kept on disk")
+    resume: bool = _opt(False, "continue the run in --out from its latest checkpoint")
+    device: str | None = _opt(None, "device (default: cuda if available)")
+
+    def __post_init__(self):
+        if self.size < 8 or self.size & (self.size - 1):
+            raise ValueError(f"size must be a power of 2 >= 8, not {self.size}")
+        for name in ("steps", "batch_size", "r1_every", "path_every", "log_every", "sample_every", "ckpt_every",
+                     "keep_checkpoints", "style_dim", "n_mlp"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.batch_size % min(self.batch_size, 4):
+            raise ValueError(f"batch_size must be below 4 or a multiple of 4, not {self.batch_size}")
+        if min(self.channels.values()) < 1:
+            raise ValueError(f"channel_base {self.channel_base} leaves no channels at {self.size} px")
+        if not 0 <= self.mixing <= 1:
+            raise ValueError(f"mixing must be in [0,1], not {self.mixing}")
+        for name in ("lr", "ema_kimg"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive number, not {getattr(self, name)}")
+        if self.r1_gamma < 0 or self.path_regularize < 0:
+            raise ValueError("r1 and path_regularize must be >= 0")
+        if self.precision not in runtime.PRECISIONS:
+            raise ValueError(f"precision must be one of {runtime.PRECISIONS}, not {self.precision!r}")
+        parse_policy(self.augment)
+
+    @property
+    def channels(self) -> dict[int, int]:
+        return {2**i: min(self.channel_base // 2**i, self.channel_max) for i in range(2, int(math.log2(self.size)) + 1)}
+
+    @property
+    def r1_gamma(self) -> float:
+        return self.r1 if self.r1 is not None else 0.0002 * self.size**2 / self.batch_size
+
+    @property
+    def ema_decay(self) -> float:
+        return 0.5 ** (self.batch_size / (self.ema_kimg * 1000))
+
+    def generator_config(self) -> dict:
+        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp, "channels": self.channels}
+
+
+# ---- data ----
+
+def _square_uint8(img: Image.Image, size: int) -> Tensor:
+    """The centre square of an image, resized to ``size`` (Lanczos), as (3,size,size) uint8."""
+    w, h = img.size
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return torch.from_numpy(np.array(img.convert("RGB").resize((size, size), Image.LANCZOS, box=box))).permute(2, 0, 1)
+
+
+def load_images(data: str | Path, size: int) -> Tensor:
+    """Every training image of ``data`` at ``size``: (N,3,size,size) uint8. A capture dataset folder (with its
+    info.json) gives its aligned crops; any other folder its PNG/JPG files, recursively, in name order."""
+    root = Path(data)
+    if (root / "info.json").exists():
+        ds = CaptureDataset(root)
+        crops = (((ds[i]["image"] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy() for i in range(len(ds)))
+        images = [_square_uint8(Image.fromarray(c), size) for c in tqdm(crops, total=len(ds), desc="loading", leave=False)]
+    elif root.is_dir():
+        images = []
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        for path in tqdm(files, desc="loading", leave=False, disable=len(files) < 1000):
+            try:
+                with Image.open(path) as img:
+                    images.append(_square_uint8(img, size))
+            except OSError as exc:
+                raise ValueError(f"{path}: unreadable image ({exc})") from None
+    else:
+        raise FileNotFoundError(f"{root}: no such folder")
+    if not images:
+        raise ValueError(f"{root}: no training images (a capture dataset folder or PNG/JPG files)")
+    return torch.stack(images)
+
+
+# ---- losses ----
+
+def r1_penalty(discriminator: nn.Module, real: Tensor, augment: Callable[[Tensor], Tensor]) -> Tensor:
+    """E ||d D(augment(x)) / dx||^2 over real images, always in fp32: bf16 gradients of gradients are too coarse
+    for a penalty that keeps D's slope near the data small (autocast is switched off inside)."""
+    with torch.autocast(real.device.type, enabled=False):
+        real = real.detach().float().requires_grad_(True)
+        (grad,) = torch.autograd.grad(discriminator(augment(real)).sum(), real, create_graph=True)
+        return grad.square().flatten(1).sum(1).mean()
+
+
+class GanTrainer:
+    """One training run; ``run()`` trains to ``cfg.steps`` and returns the final checkpoint folder."""
+
+    def __init__(self, cfg: GanTrainConfig):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu" and cfg.threads is not None:
+            runtime.configure_threads(cfg.threads)
+        self.precision = runtime.resolve_precision(cfg.precision, self.device)
+        self.memory_format = runtime.memory_format(self.precision)
+        self.out = writable_folder(cfg.out, "run folder")
+        self.log_path = self.out / "log.jsonl"
+        resume_dir = self._resume_dir()
+        self.images = load_images(cfg.data, cfg.size).to(self.device)
+        if resume_dir is not None:
+            self._check_resume_settings(resume_dir)
+
+        torch.manual_seed(cfg.seed)
+        self.g = Generator(**cfg.generator_config()).to(self.device)
+        self.d = Discriminator(cfg.size, channels=cfg.channels).to(self.device)
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
+        self._ema_pairs = (list(self.g_ema.parameters()), list(self.g.parameters()))
+        # Lazy regularisation: a penalty every k steps replaces one every step, so Adam's lr and betas are
+        # scaled by k/(k+1) to keep the same effective schedule (StyleGAN2 appendix B). G is only lazily
+        # regularised with path length on.
+        self.g_ratio = cfg.path_every / (cfg.path_every + 1) if cfg.path_regularize > 0 else 1.0
+        self.d_ratio = cfg.r1_every / (cfg.r1_every + 1)
+        self.g_opt = torch.optim.Adam(self.g.parameters(), **self._adam(self.g_ratio), fused=True)
+        self.d_opt = torch.optim.Adam(self.d.parameters(), **self._adam(self.d_ratio), fused=True)
+
+        # Noise injection draws from the global RNG; z, batches and augmentation from ``gen`` (on the device);
+        # style-mixing decisions from ``host_gen``, so they need no device sync.
+        torch.manual_seed(cfg.seed * 1_000_003)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + 1)
+        self.host_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 2)
+        self.fixed_z = torch.randn(SAMPLE_ROWS * SAMPLE_COLS, cfg.style_dim,
+                                   generator=torch.Generator().manual_seed(cfg.seed)).to(self.device)
+        self.pl_mean = torch.zeros((), device=self.device)
+        self.r1_last = torch.zeros((), device=self.device)
+        self._pending: list[Tensor] = []
+        self.step = 0
+        if resume_dir is not None:
+            self._load(resume_dir)
+        else:
+            atomic_write_json(self.out / "config.json", {"train": asdict(cfg), "generator": cfg.generator_config(),
+                                                         "images": len(self.images)})
+            self.log_path.unlink(missing_ok=True)
+
+    def _adam(self, ratio: float) -> dict:
+        return {"lr": self.cfg.lr * ratio, "betas": (0.0, 0.99**ratio)}
+
+    # -- resumption --
+
+    def _resume_dir(self) -> Path | None:
+        latest = self.out / LATEST_FILE
+        if not self.cfg.resume:
+            if latest.exists():
+                raise ValueError(f"{self.out}: already holds a run's checkpoints; resume it or choose another out folder")
+            return None
+        if not latest.exists():
+            print(f"facerig gan train: nothing to resume in {self.out} (no {LATEST_FILE}); starting fresh")
+            return None
+        return _latest(self.out)
+
+    def _check_resume_settings(self, ckdir: Path) -> None:
+        """Refuse to resume with a setting that defines the run changed; the others apply from here on."""
+        meta = json.loads((ckdir / "trainer.json").read_text())
+        before = meta["train_config"]
+        changed = [f"{k} {before[k]!r} -> {getattr(self.cfg, k)!r}" for k in RESUME_FIXED
+                   if _same_setting(k, before[k]) != _same_setting(k, getattr(self.cfg, k))]
+        if meta["images"] != len(self.images):
+            changed.append(f"{meta['images']} -> {len(self.images)} images")
+        if changed:
+            raise ValueError(f"{ckdir}: --resume with settings that define the run changed ({'; '.join(changed)}); "
+                             f"start a new run in another --out instead")
+
+    def _load(self, ckdir: Path) -> None:
+        for model, name in ((self.g, G_FILE), (self.g_ema, G_EMA_FILE), (self.d, D_FILE)):
+            state, _ = read_tensors(ckdir / name)
+            load_state_dict_checked(model, state, str(ckdir / name))
+        meta = json.loads((ckdir / "trainer.json").read_text())
+        tensors, _ = read_tensors(ckdir / "trainer.safetensors")
+        for opt, key, ratio in ((self.g_opt, "g", self.g_ratio), (self.d_opt, "d", self.d_ratio)):
+            own = {k.removeprefix(key + "."): v for k, v in tensors.items() if k.startswith(key + ".")}
+            opt.load_state_dict(optimizer_state_from_files(own, meta[f"{key}_optimizer"]))
+            for group in opt.param_groups:  # lr and regularisation intervals may change on resume
+                group.update(self._adam(ratio))
+        self.step = meta["step"]
+        self.pl_mean.fill_(meta["pl_mean"])
+        self.r1_last.fill_(meta["r1"])
+        rng, _ = read_tensors(ckdir / "rng.safetensors")
+        _set_rng_state(rng, self.gen, self.device)
+        self.host_gen.set_state(rng["host_generator"])
+        if self.log_path.exists():  # drop the lines of steps after the checkpoint: they are trained again
+            lines = [ln for ln in self.log_path.read_text().splitlines()
+                     if (s := _log_step(ln)) is not None and s <= self.step]
+            atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in lines).encode())
+
+    # -- the loop --
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        start = time.time()
+        last_dir = None
+        with tqdm(total=cfg.steps, initial=self.step, desc="gan") as bar:
+            while self.step < cfg.steps:
+                self._pending.append(self._train_step())
+                self.step += 1
+                bar.update(1)
+                save = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+                if save or self.step % cfg.log_every == 0:
+                    self._flush_log(time.time() - start, bar)
+                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                    self._sample_grid()
+                if save:
+                    last_dir = self._save()
+        return last_dir if last_dir is not None else _latest(self.out)
+
+    def _latents(self, n: int) -> tuple[list[Tensor], int | None]:
+        """One z per image, or (with probability ``mixing``) two and the layer where the second takes over."""
+        mix = float(torch.rand((), generator=self.host_gen)) < self.cfg.mixing
+        z = torch.randn(2 if mix else 1, n, self.cfg.style_dim, generator=self.gen, device=self.device)
+        inject = int(torch.randint(1, self.g.n_latent, (), generator=self.host_gen)) if mix else None
+        return list(z.unbind(0)), inject
+
+    def _reals(self) -> Tensor:
+        b = self.cfg.batch_size
+        x = self.images[torch.randint(len(self.images), (b,), generator=self.gen, device=self.device)].float() / 127.5 - 1
+        if self.cfg.mirror:
+            x = torch.where(torch.rand(b, 1, 1, 1, generator=self.gen, device=self.device) < 0.5, x.flip(3), x)
+        return x
+
+    def _augment(self, x: Tensor) -> Tensor:
+        return diff_augment(x, self.cfg.augment, self.gen).contiguous(memory_format=self.memory_format)
+
+    def _train_step(self) -> Tensor:
+        """One D step (+ R1 every ``r1_every``), one G step (+ path length every ``path_every``), the EMA;
+        returns [d_loss, g_loss, D(real), D(fake), last R1, path-length mean] as a device tensor (no host sync)."""
+        cfg, b = self.cfg, self.cfg.batch_size
+        real = self._reals()
+
+        self.g.requires_grad_(False)
+        self.d.requires_grad_(True)
+        styles, inject = self._latents(b)
+        with runtime.autocast(self.device, self.precision):
+            fake, _ = self.g(styles, inject_index=inject)
+            real_pred, fake_pred = self.d(self._augment(real)), self.d(self._augment(fake))
+            d_loss = F.softplus(-real_pred).float().mean() + F.softplus(fake_pred).float().mean()
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        if cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0:
+            r1 = r1_penalty(self.d, real, self._augment)
+            self.d_opt.zero_grad(set_to_none=True)
+            (cfg.r1_gamma / 2 * cfg.r1_every * r1).backward()
+            self.d_opt.step()
+            self.r1_last = r1.detach()
+
+        self.g.requires_grad_(True)
+        self.d.requires_grad_(False)
+        styles, inject = self._latents(b)
+        with runtime.autocast(self.device, self.precision):
+            fake, _ = self.g(styles, inject_index=inject)
+            g_loss = F.softplus(-self.d(self._augment(fake))).float().mean()
+        self.g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_opt.step()
+        if cfg.path_regularize > 0 and self.step % cfg.path_every == 0:
+            self._path_length_step()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(*self._ema_pairs, 1.0 - cfg.ema_decay)
+        return torch.stack([d_loss.detach(), g_loss.detach(), real_pred.detach().float().mean(),
+                            fake_pred.detach().float().mean(), self.r1_last, self.pl_mean])
+
+    def _path_length_step(self) -> None:
+        """StyleGAN2's path-length penalty on half a batch, in fp32 (a gradient of a gradient, like R1):
+        |J_w^T y| for random image-space y should stay at its running mean."""
+        styles, inject = self._latents(max(1, self.cfg.batch_size // 2))
+        with torch.autocast(self.device.type, enabled=False):
+            fake, latents = self.g(styles, inject_index=inject, return_latents=True)
+            y = torch.randn(fake.shape, generator=self.gen, device=self.device) / math.sqrt(fake.shape[2] * fake.shape[3])
+            (grad,) = torch.autograd.grad((fake * y).sum(), latents, create_graph=True)
+            lengths = grad.square().sum(2).mean(1).sqrt()
+            self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), 0.01)
+            penalty = (lengths - self.pl_mean).square().mean()
+        self.g_opt.zero_grad(set_to_none=True)
+        (self.cfg.path_regularize * self.cfg.path_every * penalty).backward()
+        self.g_opt.step()
+
+    def _flush_log(self, elapsed_s: float, bar) -> None:
+        """Bring the pending steps' statistics to the host: NaN check, then one log line per step."""
+        rows = torch.stack(self._pending).tolist()
+        first = self.step - len(rows) + 1
+        self._pending.clear()
+        for i, row in enumerate(rows):
+            if not all(math.isfinite(v) for v in row):
+                raise FloatingPointError(f"step {first + i}: non-finite losses {row}")
+        names = ("d_loss", "g_loss", "real_score", "fake_score", "r1", "path_length_mean")
+        with open(self.log_path, "a") as f:
+            for i, row in enumerate(rows):
+                f.write(json.dumps({"step": first + i, **dict(zip(names, row)), "elapsed_s": round(elapsed_s, 3)}) + "\n")
+        bar.set_postfix(d=f"{rows[-1][0]:.3f}", g=f"{rows[-1][1]:.3f}")
+
+    @torch.no_grad()
+    def _sample_grid(self) -> None:
+        """G_ema on the run's fixed z and fixed noise maps (no draw from the training RNGs), as one PNG."""
+        with runtime.autocast(self.device, self.precision):
+            x, _ = self.g_ema([self.fixed_z], randomize_noise=False)
+        tiles = [to_uint8_image(t, (-1, 1)) for t in x]
+        buf = io.BytesIO()
+        Image.fromarray(contact_sheet([tiles[r * SAMPLE_COLS:(r + 1) * SAMPLE_COLS] for r in range(SAMPLE_ROWS)])).save(buf, format="PNG")
+        atomic_write_bytes(self.out / "samples" / f"step_{self.step:08d}.png", buf.getvalue())
+
+    def _save(self) -> Path:
+        cfg, rel = self.cfg, f"checkpoints/step_{self.step:08d}"
+        ckdir = self.out / rel
+        g_config = cfg.generator_config()
+        save_weights(self.g.state_dict(), ckdir / G_FILE, GENERATOR_FORMAT, g_config, self.step)
+        save_weights(self.g_ema.state_dict(), ckdir / G_EMA_FILE, GENERATOR_FORMAT, g_config, self.step)
+        save_weights(self.d.state_dict(), ckdir / D_FILE, DISCRIMINATOR_FORMAT,
+                     {"size": cfg.size, "channels": cfg.channels}, self.step)
+        g_tensors, g_meta = optimizer_state_to_files(self.g_opt)
+        d_tensors, d_meta = optimizer_state_to_files(self.d_opt)
+        atomic_save_safetensors({**{f"g.{k}": v for k, v in g_tensors.items()},
+                                 **{f"d.{k}": v for k, v in d_tensors.items()}}, ckdir / "trainer.safetensors")
+        atomic_save_safetensors({**_rng_state(self.gen, self.device), "host_generator": self.host_gen.get_state()},
+                                ckdir / "rng.safetensors")
+        atomic_write_json(ckdir / "trainer.json", {
+            "step": self.step, "images": len(self.images), "pl_mean": float(self.pl_mean), "r1": float(self.r1_last),
+            "g_optimizer": g_meta, "d_optimizer": d_meta, "train_config": asdict(cfg)})
+        # Only now, with every file of the checkpoint complete, does it become the one to resume from.
+        atomic_write_json(self.out / LATEST_FILE, {"checkpoint": rel, "step": self.step})
+        others = [p for p in sorted((self.out / "checkpoints").glob("step_*")) if p != ckdir]
+        # Folders past this step are leftovers of a killed run; of the rest keep the newest few.
+        older = [p for p in others if p.name < ckdir.name]
+        for path in [p for p in others if p.name > ckdir.name] + older[: max(0, len(older) - (cfg.keep_checkpoints - 1))]:
+            shutil.rmtree(path)
+        return ckdir
+
+
+def _latest(run: Path) -> Path:
+    """The checkpoint folder a run's latest.json names."""
+    return run / json.loads((run / LATEST_FILE).read_text())["checkpoint"]
+
+
+def train(cfg: GanTrainConfig) -> Path:
+    """Train (or resume) a run; returns its final checkpoint folder."""
+    return GanTrainer(cfg).run()
+
+
+# ---- trained generators ----
+
+def generator_file(path: str | Path) -> Path:
+    """The weights file of ``path``: itself (a .safetensors), a checkpoint folder's G_ema, a run's latest G_ema."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / LATEST_FILE).exists():
+            path = _latest(path)
+        path = path / G_EMA_FILE
+    return path
+
+
+def load_generator(path: str | Path) -> Generator:
+    """A trained generator (CPU, eval mode) from a weights file, checkpoint or run folder (``generator_file``)."""
+    file = generator_file(path)
+    state, meta = read_tensors(file)
+    if meta.get("format") != GENERATOR_FORMAT:
+        raise ValueError(f"{file}: not a facerig StyleGAN2 generator (format {meta.get('format')!r})")
+    try:
+        config = json.loads(meta["config"])
+        config["channels"] = {int(k): v for k, v in config["channels"].items()}
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{file}: bad generator config in metadata ({exc})") from None
+    # Built on the meta device, then given the file's tensors: no random initialisation.
+    with torch.device("meta"):
+        generator = Generator(**config)
+    load_state_dict_checked(generator, state, str(file), assign=True)
+    return generator.eval()
+
+
+@torch.no_grad()
+def export_rosinality(path: str | Path, out: str | Path, n_mean: int = 4096) -> Path:
+    """Write ``path``'s generator as a rosinality ``.pt`` ({"g_ema", "latent_avg"}) for ``load_rosinality``;
+    ``latent_avg`` (style_dim,) is the mean W of ``n_mean`` z drawn with seed 0, the truncation centre."""
+    g = load_generator(path)
+    z = torch.randn(n_mean, g.style_dim, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    torch.save({"g_ema": g.state_dict(), "latent_avg": g.style(z).mean(0)}, buf)
+    atomic_write_bytes(out, buf.getvalue())
+    return Path(out)
