@@ -2,7 +2,8 @@
 
 The global latent comes from the source photo, or from the ``latent`` target to mix appearance. Sampling
 is DDIM from seeded noise, or, with ``invert``, from the source's own DDIM inversion under its unedited
-buffers, which keeps background and fine detail. A Session caches its model-size image, its latent and
+buffers, which keeps background and fine detail; ``refine`` fixed-point iterations per inversion step make
+the inversion the sampler's exact inverse (see ``process.ddim_invert``). A Session caches its model-size image, its latent and
 its inversions (per step count and latent source), so re-editing a photo only samples.
 
 A personal model (stage 2) was trained on buffers that carry its album's shared identity shape; pass that
@@ -26,6 +27,10 @@ from facerig.face3d import MorphableModel, load_model
 from facerig.render import Renderer, RenderConfig
 
 MIN_STEPS, MAX_STEPS = 2, 1000
+MAX_REFINE = 10
+# Fixed-point iterations per inversion step. Measured on the shipped model, 4 FFHQ photos, no edit, bf16:
+# round trip 18.7 / 29.0 / 39.1 dB at 20 steps with 0 / 1 / 2 iterations, 24.5 / 41.9 / 56.8 dB at 50.
+DEFAULT_REFINE = 1
 
 
 class DiffusionRigEditor:
@@ -45,10 +50,12 @@ class DiffusionRigEditor:
         self._capture = SessionCapture(self.face, self.device)
 
     @staticmethod
-    def check_options(steps: int = 20, seed: int = 0, invert: bool = False) -> None:
+    def check_options(steps: int = 20, seed: int = 0, invert: bool = False, refine: int = DEFAULT_REFINE) -> None:
         """Refuse options no edit can run with (before anything is loaded)."""
         if not MIN_STEPS <= steps <= MAX_STEPS:
             raise ValueError(f"--steps must be in [{MIN_STEPS}, {MAX_STEPS}], not {steps}")
+        if not 0 <= refine <= MAX_REFINE:
+            raise ValueError(f"--refine must be in [0, {MAX_REFINE}], not {refine}")
         if not 0 <= seed < 2**63:
             raise ValueError(f"--seed must be in [0, 2^63), not {seed}")
 
@@ -78,9 +85,10 @@ class DiffusionRigEditor:
 
     @torch.no_grad()
     def edit(self, session: Session, spec: EditSpec, targets: dict[str, Session] | None = None,
-             on_step: StepCallback | None = None, *, steps: int = 20, seed: int = 0, invert: bool = False) -> EditResult:
+             on_step: StepCallback | None = None, *, steps: int = 20, seed: int = 0, invert: bool = False,
+             refine: int = DEFAULT_REFINE) -> EditResult:
         spec.validate(self.face)
-        self.check_options(steps, seed, invert)
+        self.check_options(steps, seed, invert, refine)
         targets = targets or {}
         missing = set(spec.target_photos()) - set(targets)
         if missing:
@@ -99,10 +107,10 @@ class DiffusionRigEditor:
 
         with runtime.autocast(self.device, self.precision):
             if invert:
-                key = ("diffusion.inversion", steps, latent_session.name)
+                key = ("diffusion.inversion", steps, refine, latent_session.name)
                 if key not in session.cache:
                     session.cache[key] = ddim_invert(fn, image, {"buffers": src_buf.condition(), "latent": latent},
-                                                     steps, callback=report("invert"))
+                                                     steps, refine=refine, callback=report("invert"))
                 x_T = session.cache[key]
             else:
                 gen = torch.Generator(device=self.device).manual_seed(seed)

@@ -162,19 +162,26 @@ def ddim_sample(model_fn: ModelFn, x_T: torch.Tensor, cond: Any, steps: int = 20
 
 @torch.no_grad()
 def ddim_invert(model_fn: ModelFn, x_0: torch.Tensor, cond: Any, steps: int = 20,
-                schedule: NoiseSchedule = DEFAULT_SCHEDULE, callback: Callback | None = None,
+                schedule: NoiseSchedule = DEFAULT_SCHEDULE, refine: int = 0, callback: Callback | None = None,
                 progress: bool = False) -> torch.Tensor:
     """Deterministic DDIM inversion: the x_T from which ``ddim_sample(..., steps, clip_denoised=False)``
-    with the same ``cond`` returns (approximately, exactly for a model blind to x) to ``x_0``.
+    with the same ``cond`` returns to ``x_0``.
 
-    Each step evaluates the model at the noise level it starts from but with the timestep it goes to,
-    mirroring the sampler's step on the way back (diffusers' ``DDIMInverseScheduler``).
+    Each step moves x up one noise level with epsilon evaluated at the timestep it goes to. Plain DDIM
+    inversion (``refine=0``, diffusers' ``DDIMInverseScheduler``) evaluates it at the point it starts from,
+    which is exact only for a model blind to x. ``refine`` fixed-point iterations re-evaluate epsilon at the
+    point being solved for, the one the sampler will evaluate it at on the way back, so a converged step is
+    undone exactly by the sampler's step; each iteration costs one more model call per step.
     """
     ts = schedule.ddim_timesteps(steps)[::-1]
     x = x_0.float()
     for i, t in enumerate(tqdm(ts, desc="ddim inversion", disable=not progress, leave=False)):
-        eps = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), cond)
-        x, x_pred = _ddim_move(x, eps.to(x.dtype), schedule.level(ts[i - 1] if i else -1), schedule.level(t), False)
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        a_from, a_to = schedule.level(ts[i - 1] if i else -1), schedule.level(t)
+        x_next, x_pred = _ddim_move(x, model_fn(x, t_batch, cond).to(x.dtype), a_from, a_to, False)
+        for _ in range(refine):
+            x_next, x_pred = _ddim_move(x, model_fn(x_next, t_batch, cond).to(x.dtype), a_from, a_to, False)
+        x = x_next
         if callback is not None:
             callback(SamplerStep(i, len(ts), t, x, x_pred))
     return x

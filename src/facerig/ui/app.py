@@ -216,7 +216,7 @@ class RigApp:
         session = self._session(body.get("session"))
         spec, targets = self.spec(body)
         options = {}
-        for key, kind, low, high in (("steps", int, 2, 1000), ("seed", int, 0, 2**31 - 1)):
+        for key, kind, low, high in (("steps", int, 2, 1000), ("seed", int, 0, 2**31 - 1), ("refine", int, 0, 10)):
             if key in body:
                 try:
                     options[key] = kind(body[key])
