@@ -23,12 +23,12 @@ import torch
 
 from facerig import weights
 from facerig.diffusion.model import DiffusionRig, ModelConfig, build_from_state, load_official
+from facerig.training import LATEST_FILE
 from facerig.weights import read_tensors
 
 FORMAT = DiffusionRig.weights_format
 MODEL_FILE = weights.WEIGHTS_FILE
 EMA_FILE = "ema.safetensors"
-LATEST_FILE = "latest.json"
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, config: ModelConfig, step: int) -> None:

@@ -13,6 +13,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from facerig.diffusion.train import TrainConfig
+    from facerig.training import add_dataclass_arguments
 
     p = subparsers.add_parser(
         "train", help="train DiffusionRig (stage 1: generic prior; stage 2: fine-tune on one person's album)",
@@ -20,23 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=_run)
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
-    """One option per field of a config dataclass, its default and help taken from the field (one source)."""
-    kinds = {"int": int, "float": float, "str": str}
-    for f in dataclasses.fields(config_cls):
-        meta = dict(f.metadata)
-        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
-        help_text = meta.pop("help")
-        required = f.default is dataclasses.MISSING
-        if f.type == "bool":
-            parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
-            continue
-        kind = kinds[str(f.type).split("|")[0].strip()]
-        shown = "" if required or f.default is None else f" (default {f.default})"
-        parser.add_argument(flag, dest=f.name, type=kind, required=required,
-                            default=None if required else f.default, help=help_text + shown, **meta)
 
 
 def _run(args: argparse.Namespace) -> int:

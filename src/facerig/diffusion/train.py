@@ -50,11 +50,15 @@ from tqdm.auto import tqdm
 from facerig import runtime
 from facerig.dataset import CaptureDataset
 from facerig.diffusion.checkpoint import (
-    EMA_FILE, LATEST_FILE, MODEL_FILE, checkpoint_dir, load_checkpoint, read_tensors, read_weights, save_weights,
+    EMA_FILE, MODEL_FILE, checkpoint_dir, load_checkpoint, read_tensors, read_weights, save_weights,
 )
 from facerig.diffusion.model import DiffusionRig, ModelConfig, get_config, global_latent
 from facerig.diffusion.process import DEFAULT_SCHEDULE, denoiser_fn, sample, training_loss
 from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
+from facerig.training import (
+    LATEST_FILE, log_step, optimizer_state_from_files, optimizer_state_to_files, option, rng_state, same_setting,
+    set_rng_state,
+)
 from facerig.weights import load_state_dict_checked
 
 STAGE_LR = {1: 1e-4, 2: 1e-5}
@@ -63,40 +67,35 @@ RESUME_FIXED = ("data", "model", "stage", "init", "seed", "holdout", "ema")
 RESIDENT_BYTES = {"cpu": 4 << 30, "cuda": 0.25}  # CPU: bytes; CUDA: fraction of the GPU's memory
 
 
-def _opt(default, help: str, **extra):
-    """A TrainConfig field with its command-line help (``facerig train`` is built from these fields)."""
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass
 class TrainConfig:
     data: str = field(metadata={"help": "capture dataset folder (facerig capture output)"})
     out: str = field(metadata={"help": "run folder: checkpoints, log.jsonl, sample grids"})
-    model: str | None = _opt(None, "model config: tiny, small or paper (default: the --init checkpoint's, else "
+    model: str | None = option(None, "model config: tiny, small or paper (default: the --init checkpoint's, else "
                                    "paper)", flag="--config")
-    stage: int = _opt(1, "1: generic prior; 2: fine-tune on one person's album (needs --init)", choices=(1, 2))
-    steps: int = _opt(50_000, "total optimizer steps of the run (a resumed run continues up to it)")
-    batch_size: int = _opt(4, "items per process per step")
-    lr: float | None = _opt(None, "learning rate (default 1e-4 stage 1, 1e-5 stage 2)")
-    weight_decay: float = _opt(0.0, "Adam weight decay")
-    grad_clip: float = _opt(1.0, "max gradient norm")
-    p2_gamma: float = _opt(1.0, "P2 loss weighting gamma (the paper's 1); 0 = plain MSE")
-    p2_k: float = _opt(1.0, "P2 loss weighting k")
-    ema: float | None = _opt(None, "keep EMA weights with this decay, e.g. 0.9999", metavar="DECAY")
-    precision: str = _opt("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
+    stage: int = option(1, "1: generic prior; 2: fine-tune on one person's album (needs --init)", choices=(1, 2))
+    steps: int = option(50_000, "total optimizer steps of the run (a resumed run continues up to it)")
+    batch_size: int = option(4, "items per process per step")
+    lr: float | None = option(None, "learning rate (default 1e-4 stage 1, 1e-5 stage 2)")
+    weight_decay: float = option(0.0, "Adam weight decay")
+    grad_clip: float = option(1.0, "max gradient norm")
+    p2_gamma: float = option(1.0, "P2 loss weighting gamma (the paper's 1); 0 = plain MSE")
+    p2_k: float = option(1.0, "P2 loss weighting k")
+    ema: float | None = option(None, "keep EMA weights with this decay, e.g. 0.9999", metavar="DECAY")
+    precision: str = option("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
                                   "else fp32", choices=("auto", "fp32", "bf16"))
-    threads: int | None = _opt(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
-    log_every: int = _opt(25, "steps between host syncs: log lines and the NaN check")
-    init: str | None = _opt(None, "start from these weights: a facerig run/checkpoint or an official .pt")
-    resume: bool = _opt(False, "continue the run in --out from its latest checkpoint")
-    seed: int = _opt(0, "seed of the initial weights, data order, noise and dropout")
-    sample_every: int = _opt(1000, "steps between preview grids")
-    sample_steps: int = _opt(20, "DDIM steps of a preview")
-    ckpt_every: int = _opt(5000, "steps between checkpoints")
-    holdout: int = _opt(4, "last N dataset items are never trained on; they make the preview grids")
-    keep_checkpoints: int = _opt(2, "checkpoints kept on disk")
-    num_workers: int = _opt(0, "data loader worker processes (datasets too large to hold in memory)")
-    device: str | None = _opt(None, "device without torchrun (default: cuda if available)")
+    threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
+    log_every: int = option(25, "steps between host syncs: log lines and the NaN check")
+    init: str | None = option(None, "start from these weights: a facerig run/checkpoint or an official .pt")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint")
+    seed: int = option(0, "seed of the initial weights, data order, noise and dropout")
+    sample_every: int = option(1000, "steps between preview grids")
+    sample_steps: int = option(20, "DDIM steps of a preview")
+    ckpt_every: int = option(5000, "steps between checkpoints")
+    holdout: int = option(4, "last N dataset items are never trained on; they make the preview grids")
+    keep_checkpoints: int = option(2, "checkpoints kept on disk")
+    num_workers: int = option(0, "data loader worker processes (datasets too large to hold in memory)")
+    device: str | None = option(None, "device without torchrun (default: cuda if available)")
 
     def __post_init__(self):
         if self.stage not in (1, 2):
@@ -169,42 +168,6 @@ def _setup_distributed(cfg: TrainConfig) -> _Dist:
 
 
 # ---- optimizer and RNG state without pickle: tensors to safetensors, the rest to JSON ----
-
-def optimizer_state_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, other = {}, {}
-    for idx, st in sd["state"].items():
-        for name, value in st.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{idx}.{name}"] = value
-            else:
-                other.setdefault(str(idx), {})[name] = value
-    return tensors, {"param_groups": sd["param_groups"], "state": other}
-
-
-def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {int(i): dict(v) for i, v in meta["state"].items()}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch_cpu": torch.get_rng_state(), "noise_generator": generator.get_state()}
-    if device.type == "cuda":
-        state["torch_cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    generator.set_state(state["noise_generator"])
-    if device.type == "cuda" and "torch_cuda" in state:
-        torch.cuda.set_rng_state(state["torch_cuda"], device)
-
 
 class Trainer:
     """One training run; ``run()`` trains to ``cfg.steps`` and returns the final checkpoint folder."""
@@ -289,7 +252,7 @@ class Trainer:
         """Refuse to resume with a setting that defines the run changed; the others apply from here on."""
         before = json.loads((ckdir / "trainer.json").read_text()).get("train_config", {})
         changed = [f"{k} {before[k]!r} -> {getattr(self.cfg, k)!r}" for k in RESUME_FIXED
-                   if k in before and _same_setting(k, before[k]) != _same_setting(k, getattr(self.cfg, k))]
+                   if k in before and same_setting(k, before[k]) != same_setting(k, getattr(self.cfg, k))]
         if changed:
             raise ValueError(f"{ckdir}: --resume with settings that define the run changed ({'; '.join(changed)}); "
                              f"start a new run in another --out instead")
@@ -447,7 +410,7 @@ class Trainer:
     def _save(self) -> Path:
         rel = f"checkpoints/step_{self.step:08d}"
         ckdir = self.out / rel
-        rng = _rng_state(self.generator, self.d.device)
+        rng = rng_state(self.generator, self.d.device)
         atomic_save_safetensors(rng, ckdir / f"rng.rank{self.d.rank}.safetensors")
         if self.d.main:
             save_weights(self.model.state_dict(), ckdir / MODEL_FILE, self.model_cfg, self.step)
@@ -497,27 +460,15 @@ class Trainer:
                 print(f"facerig train: world size/batch size changed since {ckdir}; continuing at epoch {self.epoch}")
         rng_path = ckdir / f"rng.rank{self.d.rank}.safetensors"
         if rng_path.exists():
-            _set_rng_state(read_tensors(rng_path)[0], self.generator, self.d.device)
+            set_rng_state(read_tensors(rng_path)[0], self.generator, self.d.device)
         else:
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.d.rank + self.step)
             self.generator.manual_seed(self.cfg.seed * 1_000_003 + self.d.rank + self.step + 1)
         if self.d.main and self.log_path.exists():
             # Drop the log lines of steps after the checkpoint (they are trained again).
             lines = [ln for ln in self.log_path.read_text().splitlines()
-                     if ln.strip() and _log_step(ln) is not None and _log_step(ln) <= self.step]
+                     if ln.strip() and log_step(ln) is not None and log_step(ln) <= self.step]
             atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in lines).encode())
-
-
-def _same_setting(key: str, value):
-    """A comparable form of a run setting: data folders by their resolved path."""
-    return str(Path(value).resolve()) if key in ("data", "init") and value else value
-
-
-def _log_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -7,7 +7,7 @@ import dataclasses
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from facerig.diffusion.commands import add_dataclass_arguments
+    from facerig.training import add_dataclass_arguments
     from facerig.stylerig.gan_train import GanTrainConfig
 
     gan = subparsers.add_parser("gan", help="train a StyleGAN2 generator on aligned faces",

@@ -42,15 +42,15 @@ from tqdm.auto import tqdm
 
 from facerig import runtime
 from facerig.dataset import CaptureDataset
-from facerig.diffusion.checkpoint import LATEST_FILE
-from facerig.diffusion.train import (
-    _log_step, _opt, _rng_state, _same_setting, _set_rng_state, optimizer_state_from_files, optimizer_state_to_files,
-)
 from facerig.io import (
     atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image, writable_folder,
 )
 from facerig.stylerig.augment import POLICY, diff_augment, parse_policy
 from facerig.stylerig.stylegan2 import Discriminator, Generator
+from facerig.training import (
+    LATEST_FILE, log_step, optimizer_state_from_files, optimizer_state_to_files, option, rng_state, same_setting,
+    set_rng_state,
+)
 from facerig.weights import load_state_dict_checked, read_tensors, save_weights
 
 GENERATOR_FORMAT = "facerig-stylegan2-generator"
@@ -67,32 +67,32 @@ class GanTrainConfig:
     data: str = field(metadata={"help": "facerig capture dataset folder (its aligned crops) or a folder of "
                                         "PNG/JPG images (centre square crop)"})
     out: str = field(metadata={"help": "run folder: checkpoints, log.jsonl, sample grids"})
-    size: int = _opt(64, "image size (a power of 2, >= 8)")
-    channel_base: int = _opt(2048, "channels at resolution r: min(channel_base // r, channel_max), for G and D")
-    channel_max: int = _opt(256, "the largest channel count")
-    style_dim: int = _opt(256, "z and w dimension")
-    n_mlp: int = _opt(4, "mapping network layers")
-    steps: int = _opt(20_000, "total iterations, one D and one G step each (a resumed run continues up to it)")
-    batch_size: int = _opt(16, "images per step (below 4, or a multiple of 4: D's minibatch-stddev groups)")
-    lr: float = _opt(0.002, "Adam learning rate (scaled for lazy regularisation)")
-    r1: float | None = _opt(None, "R1 gamma (default StyleGAN2-ADA's heuristic 0.0002 * size^2 / batch_size)")
-    r1_every: int = _opt(16, "D steps between lazy R1 penalties")
-    path_regularize: float = _opt(0.0, "path-length regularisation weight (rosinality: 2; 0: off)")
-    path_every: int = _opt(4, "G steps between lazy path-length penalties")
-    mixing: float = _opt(0.9, "style-mixing probability")
-    ema_kimg: float = _opt(10.0, "G_ema half-life in thousands of images (rosinality's 0.5 ** (32 / 10000))")
-    augment: str = _opt(POLICY, "DiffAugment policy for real and fake images before D ('' = none)")
-    mirror: bool = _opt(False, "flip real images horizontally at random")
-    precision: str = _opt("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
+    size: int = option(64, "image size (a power of 2, >= 8)")
+    channel_base: int = option(2048, "channels at resolution r: min(channel_base // r, channel_max), for G and D")
+    channel_max: int = option(256, "the largest channel count")
+    style_dim: int = option(256, "z and w dimension")
+    n_mlp: int = option(4, "mapping network layers")
+    steps: int = option(20_000, "total iterations, one D and one G step each (a resumed run continues up to it)")
+    batch_size: int = option(16, "images per step (below 4, or a multiple of 4: D's minibatch-stddev groups)")
+    lr: float = option(0.002, "Adam learning rate (scaled for lazy regularisation)")
+    r1: float | None = option(None, "R1 gamma (default StyleGAN2-ADA's heuristic 0.0002 * size^2 / batch_size)")
+    r1_every: int = option(16, "D steps between lazy R1 penalties")
+    path_regularize: float = option(0.0, "path-length regularisation weight (rosinality: 2; 0: off)")
+    path_every: int = option(4, "G steps between lazy path-length penalties")
+    mixing: float = option(0.9, "style-mixing probability")
+    ema_kimg: float = option(10.0, "G_ema half-life in thousands of images (rosinality's 0.5 ** (32 / 10000))")
+    augment: str = option(POLICY, "DiffAugment policy for real and fake images before D ('' = none)")
+    mirror: bool = option(False, "flip real images horizontally at random")
+    precision: str = option("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
                                   "else fp32 (R1 and path length always fp32)", choices=runtime.PRECISIONS)
-    threads: int | None = _opt(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
-    seed: int = _opt(0, "seed of the initial weights, data order, latents, noise and augmentation")
-    log_every: int = _opt(50, "steps between host syncs: log lines and the NaN check")
-    sample_every: int = _opt(1000, "steps between G_ema sample grids (fixed z)")
-    ckpt_every: int = _opt(2000, "steps between checkpoints")
-    keep_checkpoints: int = _opt(2, "checkpoints kept on disk")
-    resume: bool = _opt(False, "continue the run in --out from its latest checkpoint")
-    device: str | None = _opt(None, "device (default: cuda if available)")
+    threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
+    seed: int = option(0, "seed of the initial weights, data order, latents, noise and augmentation")
+    log_every: int = option(50, "steps between host syncs: log lines and the NaN check")
+    sample_every: int = option(1000, "steps between G_ema sample grids (fixed z)")
+    ckpt_every: int = option(2000, "steps between checkpoints")
+    keep_checkpoints: int = option(2, "checkpoints kept on disk")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint")
+    device: str | None = option(None, "device (default: cuda if available)")
 
     def __post_init__(self):
         if self.size < 8 or self.size & (self.size - 1):
@@ -246,7 +246,7 @@ class GanTrainer:
         meta = json.loads((ckdir / "trainer.json").read_text())
         before = meta["train_config"]
         changed = [f"{k} {before[k]!r} -> {getattr(self.cfg, k)!r}" for k in RESUME_FIXED
-                   if _same_setting(k, before[k]) != _same_setting(k, getattr(self.cfg, k))]
+                   if same_setting(k, before[k]) != same_setting(k, getattr(self.cfg, k))]
         if meta["images"] != len(self.images):
             changed.append(f"{meta['images']} -> {len(self.images)} images")
         if changed:
@@ -268,11 +268,11 @@ class GanTrainer:
         self.pl_mean.fill_(meta["pl_mean"])
         self.r1_last.fill_(meta["r1"])
         rng, _ = read_tensors(ckdir / "rng.safetensors")
-        _set_rng_state(rng, self.gen, self.device)
+        set_rng_state(rng, self.gen, self.device)
         self.host_gen.set_state(rng["host_generator"])
         if self.log_path.exists():  # drop the lines of steps after the checkpoint: they are trained again
             lines = [ln for ln in self.log_path.read_text().splitlines()
-                     if (s := _log_step(ln)) is not None and s <= self.step]
+                     if (s := log_step(ln)) is not None and s <= self.step]
             atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in lines).encode())
 
     # -- the loop --
@@ -403,7 +403,7 @@ class GanTrainer:
         d_tensors, d_meta = optimizer_state_to_files(self.d_opt)
         atomic_save_safetensors({**{f"g.{k}": v for k, v in g_tensors.items()},
                                  **{f"d.{k}": v for k, v in d_tensors.items()}}, ckdir / "trainer.safetensors")
-        atomic_save_safetensors({**_rng_state(self.gen, self.device), "host_generator": self.host_gen.get_state()},
+        atomic_save_safetensors({**rng_state(self.gen, self.device), "host_generator": self.host_gen.get_state()},
                                 ckdir / "rng.safetensors")
         atomic_write_json(ckdir / "trainer.json", {
             "step": self.step, "images": len(self.images), "pl_mean": float(self.pl_mean), "r1": float(self.r1_last),
