@@ -77,3 +77,12 @@ def test_embed_folder_reports_faceless_and_corrupt_photos(tmp_path: Path):
     assert "no face detected" in reasons["blank.png"] and "unreadable" in reasons["broken.jpg"]
     with pytest.raises(FileNotFoundError):
         embed_folder(tmp_path / "missing")
+
+
+def test_small_images_are_analysed_upsampled_with_landmarks_in_their_own_pixels():
+    big = np.asarray(Image.open(shared_path("data", "ffhq-samples", "00003.png")).convert("RGB").resize((256, 256)))
+    small = np.asarray(Image.fromarray(big).resize((64, 64), Image.BICUBIC))
+    a, b = analyze_face(big, "big"), analyze_face(small, "small")
+    assert b.embedding is not None, b.reason
+    assert np.abs(b.landmarks * 4 - a.landmarks).mean() < 8  # same face, in the small image's pixels
+    assert embedding_distance(a.embedding, b.embedding) < 0.6

@@ -114,6 +114,21 @@ def _rows(out: Path) -> dict[str, dict[str, str]]:
         return {r["item"]: r for r in csv.DictReader(f)}
 
 
+def test_gap_closed_counts_only_the_items_that_asked_for_that_change(tmp_path):
+    """A light-only edit and a pose-only edit: each type's gap closed comes from its own item alone, and the
+    other item's error on that parameter is drift, not a negative gap."""
+    edits = tmp_path / "EDITS"
+    light_only = {**SOURCE, "light": TARGET["light"]}
+    pose_only = {**SOURCE, "rotation": TARGET["rotation"]}
+    _item(edits, "light", _ffhq(0), _noisy(_ffhq(0), 0), {"source_params": SOURCE, "target_params": light_only})
+    _item(edits, "pose", _ffhq(1), _noisy(_ffhq(1), 1), {"source_params": SOURCE, "target_params": pose_only})
+    m = summarize(evaluate_folder(edits, recapture=fake_recapture))["edit_accuracy"]["metrics"]
+    assert m["light_rmse"]["n"] == 1 and m["light_rmse"]["gap_closed"] == pytest.approx(0.75)
+    assert m["light_rmse"]["n_unedited"] == 1 and m["light_rmse"]["drift_unedited"] == pytest.approx(0.15)
+    assert m["pose_geodesic_deg"]["n"] == 1 and m["pose_geodesic_deg"]["gap_closed"] == pytest.approx(0.75)
+    assert m["pose_geodesic_deg"]["drift_unedited"] == pytest.approx(15.0, abs=1e-3)
+
+
 def test_edits_report_files_and_fields(edits_run):
     out = edits_run.out
     for name in ("summary.json", "items.csv", "report.md", "report.html", "identity.png", "edit_accuracy.png", "grid.png"):
@@ -134,6 +149,9 @@ def test_edits_report_files_and_fields(edits_run):
     assert m["pose_geodesic_deg"]["source_mean"] == pytest.approx(20) and m["pose_geodesic_deg"]["gap_closed"] == pytest.approx(0.75)
     assert m["pose_rmse_deg"]["edited_mean"] == pytest.approx(5 / math.sqrt(3), rel=1e-5)
     assert m["expression_rmse"]["gap_closed"] is None  # not edited: NaN -> null
+    # ... and what the edits leaked into it is reported as drift: fake re-capture finds 0.1 everywhere
+    assert m["expression_rmse"]["n"] == 0 and m["expression_rmse"]["n_unedited"] == 2
+    assert m["expression_rmse"]["drift_unedited"] == pytest.approx(0.1)
     fr = s["frechet"]
     assert fr["n_edited"] == 3 and fr["n_sources"] == 4 and fr["n_real"] == 4
     assert fr["edited_vs_real"] > 0 and fr["source_vs_real"] > 0 and "not FID" in fr["features"]

@@ -132,3 +132,13 @@ def load_photo(path: str | Path, max_side: int = 4096, min_side: int = MIN_SIDE)
             f = max_side / max(img.size)
             img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.Resampling.LANCZOS)
         return Photo(str(path), np.asarray(img, dtype=np.uint8).copy(), (w, h))
+
+
+def upsample_small(image: np.ndarray, min_side: int) -> np.ndarray:
+    """An (H,W,3) uint8 image upsampled (bicubic) so its longer side is at least ``min_side``: dlib's detector
+    misses faces in small images such as 64 px model outputs."""
+    if max(image.shape[:2]) >= min_side:
+        return image
+    scale = min_side / max(image.shape[:2])
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from facerig.capture.align import align_face
 from facerig.capture.detect import detect_faces
-from facerig.capture.load import MIN_SIDE, CaptureError, NoFaceFound, load_photo
+from facerig.capture.load import MIN_SIDE, CaptureError, NoFaceFound, load_photo, upsample_small
 from facerig.dataset import ShardWriter
 from facerig.io import atomic_write_bytes, contact_sheet, to_uint8_image
 
@@ -435,10 +435,7 @@ def prepare_image(image: np.ndarray, size: int, name: str = "image") -> Prepared
     """Detect and align an in-memory (H,W,3) uint8 RGB photo's largest face at ``size``.
 
     Small images (a 64 px model output, say) are upsampled first so the detector finds the face."""
-    if max(image.shape[:2]) < size:
-        scale = size / max(image.shape[:2])
-        new = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        image = np.asarray(Image.fromarray(image).resize(new, Image.BICUBIC))
+    image = upsample_small(image, size)
     faces = detect_faces(image)
     if not faces:
         raise NoFaceFound(name, "no face found")

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facerig.capture.detect import detect_faces, face_embedding
+from facerig.capture.load import upsample_small
 from facerig.eval.items import IMAGE_SUFFIXES, read_rgb
 
 # dlib's convention for its face recognition model (99.38% on LFW at this threshold).
@@ -28,13 +29,20 @@ class FaceAnalysis:
     reason: str = ""
 
 
+# Small images are upsampled to this side before detection, as re-capture does (dlib misses 64 px faces).
+DETECT_MIN_SIDE = 256
+
+
 def analyze_face(image: np.ndarray, what: str = "image") -> FaceAnalysis:
-    """Detect the largest face of an (H,W,3) uint8 RGB image and embed it; ``what`` names it in the reason."""
-    faces = detect_faces(image)
+    """Detect the largest face of an (H,W,3) uint8 RGB image and embed it; ``what`` names it in the reason.
+    Landmarks are in ``image``'s pixels."""
+    big = upsample_small(image, DETECT_MIN_SIDE)
+    faces = detect_faces(big)
     if not faces:
         return FaceAnalysis(None, None, f"no face detected in {what}")
     face = faces[0]
-    return FaceAnalysis(face_embedding(image, face), face.landmarks, "")
+    scale = np.array([image.shape[1] / big.shape[1], image.shape[0] / big.shape[0]])
+    return FaceAnalysis(face_embedding(big, face), (face.landmarks + 0.5) * scale - 0.5, "")
 
 
 def embedding_distance(a: np.ndarray | None, b: np.ndarray | None) -> float:
