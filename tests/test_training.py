@@ -54,3 +54,27 @@ def test_rng_state_round_trip_and_small_helpers(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(first, (torch.rand(2), torch.rand(2, generator=g))))
     assert same_setting("data", str(tmp_path / "x" / "..")) == same_setting("data", str(tmp_path))
     assert log_step('{"step": 4}') == 4 and log_step("{torn") is None
+
+
+def test_flush_statistics_logs_each_step_and_stops_at_non_finite(tmp_path):
+    from facerig.training import flush_statistics
+
+    log = tmp_path / "log.jsonl"
+    pending = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])]
+    records = flush_statistics(pending, 7, ("a", "b"), log, lr=0.1)
+    assert pending == [] and [r["step"] for r in records] == [6, 7]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        {"a": 1.0, "b": 2.0, "step": 6, "lr": 0.1}, {"a": 3.0, "b": 4.0, "step": 7, "lr": 0.1}]
+    with pytest.raises(FloatingPointError, match="step 9: b is inf"):
+        flush_statistics([torch.tensor([1.0, 1.0]), torch.tensor([1.0, float("inf")])], 9, ("a", "b"), log)
+    assert len(log.read_text().splitlines()) == 2  # nothing of the bad batch was logged
+
+
+def test_rotate_checkpoints_keeps_the_newest_and_drops_leftovers(tmp_path):
+    from facerig.training import rotate_checkpoints
+
+    for step in (2, 4, 6, 8, 10):
+        (tmp_path / f"step_{step:08d}").mkdir()
+        (tmp_path / f"step_{step:08d}" / "model.safetensors").write_bytes(b"x")
+    rotate_checkpoints(tmp_path / "step_00000006", keep=2)  # resumed at 6: 8 and 10 are a killed run's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import shutil
 from dataclasses import field
 from pathlib import Path
 
@@ -87,3 +89,33 @@ def log_step(line: str) -> int | None:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def flush_statistics(pending: list[torch.Tensor], last_step: int, names: tuple[str, ...], log_path: Path | None,
+                     **extra) -> list[dict]:
+    """Bring the per-step statistics kept on the device to the host in one sync, stop at the first
+    non-finite one (before anything is checkpointed), and append one JSON line per step to ``log_path``
+    (None: another process writes the log). Returns the records; ``pending`` is emptied."""
+    if not pending:
+        return []
+    rows = torch.stack(pending).tolist()
+    pending.clear()
+    first = last_step - len(rows) + 1
+    records = [{**dict(zip(names, row)), "step": first + i, **extra} for i, row in enumerate(rows)]
+    for record in records:
+        bad = next((n for n in names if not math.isfinite(record[n])), None)
+        if bad is not None:
+            raise FloatingPointError(f"step {record['step']}: {bad} is {record[bad]}")
+    if log_path is not None:
+        with open(log_path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    return records
+
+
+def rotate_checkpoints(current: Path, keep: int) -> None:
+    """Delete the checkpoint folders beside ``current`` past its step (a killed run's leftovers) and all but
+    the newest ``keep - 1`` before it."""
+    others = [p for p in sorted(current.parent.glob("step_*")) if p != current]
+    older = [p for p in others if p.name < current.name]
+    for path in [p for p in others if p.name > current.name] + older[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(path)

@@ -56,8 +56,8 @@ from facerig.diffusion.model import DiffusionRig, ModelConfig, get_config, globa
 from facerig.diffusion.process import DEFAULT_SCHEDULE, denoiser_fn, sample, training_loss
 from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
 from facerig.training import (
-    LATEST_FILE, log_step, optimizer_state_from_files, optimizer_state_to_files, option, rng_state, same_setting,
-    set_rng_state,
+    LATEST_FILE, flush_statistics, log_step, optimizer_state_from_files, optimizer_state_to_files, option,
+    rng_state, rotate_checkpoints, same_setting, set_rng_state,
 )
 from facerig.weights import load_state_dict_checked
 
@@ -358,22 +358,11 @@ class Trainer:
 
     def _flush_log(self, elapsed_s: float, bar) -> None:
         """Bring the pending steps' statistics to the host: NaN check, then one log line per step."""
-        if not self._pending:
-            return
-        rows = torch.stack(self._pending).tolist()
-        first = self.step - len(rows) + 1
-        self._pending.clear()
-        for i, (loss, _, _) in enumerate(rows):
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"step {first + i}: loss is {loss}")
-        if not self.d.main:
-            return
-        lr = self.opt.param_groups[0]["lr"]
-        with open(self.log_path, "a") as f:
-            for i, (loss, mse, gnorm) in enumerate(rows):
-                f.write(json.dumps({"loss": loss, "mse": mse, "grad_norm": gnorm, "lr": lr, "step": first + i,
-                                    "epoch": self.epoch, "elapsed_s": round(elapsed_s, 3)}) + "\n")
-        bar.set_postfix(loss=f"{rows[-1][0]:.4f}")
+        records = flush_statistics(self._pending, self.step, ("loss", "mse", "grad_norm"),
+                                   self.log_path if self.d.main else None, lr=self.opt.param_groups[0]["lr"],
+                                   epoch=self.epoch, elapsed_s=round(elapsed_s, 3))
+        if records:
+            bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -426,14 +415,7 @@ class Trainer:
         self.d.barrier()
         if self.d.main:
             atomic_write_json(self.out / LATEST_FILE, {"checkpoint": rel, "step": self.step})
-            others = [p for p in sorted((self.out / "checkpoints").glob("step_*")) if p != ckdir]
-            # Folders past this step are leftovers of a killed run; of the rest keep the newest few.
-            stale = [p for p in others if p.name > ckdir.name]
-            older = [p for p in others if p.name < ckdir.name]
-            for path in stale + older[: max(0, len(older) - (self.cfg.keep_checkpoints - 1))]:
-                for f in path.iterdir():
-                    f.unlink()
-                path.rmdir()
+            rotate_checkpoints(ckdir, self.cfg.keep_checkpoints)
         return ckdir
 
     def _load(self, ckdir: Path) -> None:

@@ -27,7 +27,6 @@ import copy
 import io
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,8 +47,8 @@ from facerig.io import (
 from facerig.stylerig.augment import POLICY, diff_augment, parse_policy
 from facerig.stylerig.stylegan2 import Discriminator, Generator
 from facerig.training import (
-    LATEST_FILE, log_step, optimizer_state_from_files, optimizer_state_to_files, option, rng_state, same_setting,
-    set_rng_state,
+    LATEST_FILE, flush_statistics, log_step, optimizer_state_from_files, optimizer_state_to_files, option,
+    rng_state, rotate_checkpoints, same_setting, set_rng_state,
 )
 from facerig.weights import load_state_dict_checked, read_tensors, save_weights
 
@@ -369,17 +368,10 @@ class GanTrainer:
 
     def _flush_log(self, elapsed_s: float, bar) -> None:
         """Bring the pending steps' statistics to the host: NaN check, then one log line per step."""
-        rows = torch.stack(self._pending).tolist()
-        first = self.step - len(rows) + 1
-        self._pending.clear()
-        for i, row in enumerate(rows):
-            if not all(math.isfinite(v) for v in row):
-                raise FloatingPointError(f"step {first + i}: non-finite losses {row}")
         names = ("d_loss", "g_loss", "real_score", "fake_score", "r1", "path_length_mean")
-        with open(self.log_path, "a") as f:
-            for i, row in enumerate(rows):
-                f.write(json.dumps({"step": first + i, **dict(zip(names, row)), "elapsed_s": round(elapsed_s, 3)}) + "\n")
-        bar.set_postfix(d=f"{rows[-1][0]:.3f}", g=f"{rows[-1][1]:.3f}")
+        records = flush_statistics(self._pending, self.step, names, self.log_path, elapsed_s=round(elapsed_s, 3))
+        if records:
+            bar.set_postfix(d=f"{records[-1]['d_loss']:.3f}", g=f"{records[-1]['g_loss']:.3f}")
 
     @torch.no_grad()
     def _sample_grid(self) -> None:
@@ -410,11 +402,7 @@ class GanTrainer:
             "g_optimizer": g_meta, "d_optimizer": d_meta, "train_config": asdict(cfg)})
         # Only now, with every file of the checkpoint complete, does it become the one to resume from.
         atomic_write_json(self.out / LATEST_FILE, {"checkpoint": rel, "step": self.step})
-        others = [p for p in sorted((self.out / "checkpoints").glob("step_*")) if p != ckdir]
-        # Folders past this step are leftovers of a killed run; of the rest keep the newest few.
-        older = [p for p in others if p.name < ckdir.name]
-        for path in [p for p in others if p.name > ckdir.name] + older[: max(0, len(older) - (cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(path)
+        rotate_checkpoints(ckdir, cfg.keep_checkpoints)
         return ckdir
 
 
