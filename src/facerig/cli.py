@@ -15,6 +15,7 @@ COMMANDS = {
     "render": ("facerig.render.commands", "render physical buffers of 3D face parameters as PNGs"),
     "capture": ("facerig.capture.commands", "photos -> aligned crops, fitted 3D face parameters and buffers"),
     "train": ("facerig.diffusion.commands", "train DiffusionRig (stage 1: generic prior; stage 2: personal)"),
+    "personalize": ("facerig.diffusion.commands", "a personal DiffusionRig from ~20 photos of one person"),
     "edit": ("facerig.edit.commands", "relight, re-pose or change the expression of a portrait"),
     "eval": ("facerig.eval.commands", "identity, edit accuracy and reconstruction metrics with a report"),
     "ui": ("facerig.ui.commands", "the interactive rig in a local web page"),

@@ -23,3 +23,11 @@ def cache_dir() -> Path:
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "facerig"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shipped_model(name: str = "diffusionrig-tiny-celeba64.safetensors") -> Path:
+    """A model file shipped in the checkout's ``models/`` folder (present for source and editable installs)."""
+    path = Path(__file__).resolve().parents[2] / "models" / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: shipped model not found (installed without the checkout?); give --init")
+    return path

@@ -33,6 +33,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
         help_text = meta.pop("help")
         required = f.default is dataclasses.MISSING
+        if meta.pop("positional", False):
+            parser.add_argument(f.name, help=help_text, **meta)
+            continue
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if type_name == "bool":
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)

@@ -21,6 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=_run)
+    from facerig.diffusion.personalize import PersonalizeConfig
+
+    p = subparsers.add_parser(
+        "personalize", help="a personal DiffusionRig from ~20 photos of one person (capture + stage 2)",
+        description="Capture ALBUM with one shared identity into OUT/data, then fine-tune a generic model on it "
+                    "into OUT/model. Rerun to resume either half.",
+    )
+    add_dataclass_arguments(p, PersonalizeConfig)
+    p.set_defaults(func=_run_personalize)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -29,6 +38,15 @@ def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     final = train(cfg)
     print(f"facerig train: checkpoint {final}")
+    return 0
+
+
+def _run_personalize(args: argparse.Namespace) -> int:
+    from facerig.diffusion.personalize import PersonalizeConfig, personalize
+
+    final = personalize(PersonalizeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PersonalizeConfig)}))
+    out = args.out
+    print(f"facerig personalize: checkpoint {final}; edit with: facerig edit PHOTO --model {out}/model --album {out}/data")
     return 0
 
 
