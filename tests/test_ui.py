@@ -62,6 +62,17 @@ def test_preview_follows_the_sliders(app, uploaded):
     assert app.preview(turned)["buffers"] != a and app.preview(lit)["buffers"] != a
 
 
+def test_untouched_sliders_leave_transfers_alone(app, uploaded, photo_bytes):
+    session = app.sessions[uploaded["session"]]
+    target = app.upload(Path(shared_path("data", "ffhq-samples", "00001.png")).read_bytes(), "00001.png")
+    body = {"controls": dict(uploaded["controls"]), "targets": {"pose": target["session"]}}
+    spec, targets = app.spec(body, session)
+    assert spec.yaw is None and spec.light_dir is None and spec.expression == {} and "pose" in targets
+    moved = {**body, "controls": {**body["controls"], "yaw": 12.0, "expression": {"jawOpen": 0.9}}}
+    spec, _ = app.spec(moved, session)
+    assert spec.yaw == 12.0 and spec.pitch is None and spec.expression == {"jawOpen": 0.9}
+
+
 @pytest.mark.parametrize("data, name, message", [
     (b"", "empty.png", "empty"),
     (b"\x89PNG\r\n\x1a\n this is not a png", "corrupt.png", "corrupt.png"),

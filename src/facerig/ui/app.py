@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from facerig.edit import EditProgress, EditSpec, Editor, Session, apply_edit
+from facerig.edit.spec import ROLES
 from facerig.face3d.light import split_light
 from facerig.face3d.rotation import axis_angle_to_euler
 from facerig.io import contact_sheet, to_uint8_image
@@ -35,7 +36,6 @@ from facerig.render import Renderer, RenderConfig
 
 MAX_UPLOAD_BYTES = 25 << 20
 MAX_SESSIONS = 32
-ROLES = ("light", "pose", "expression", "latent")
 # The ARKit expressions the page offers as sliders (ICT-FaceKit names).
 EXPRESSION_SLIDERS = ("mouthSmile_L", "mouthSmile_R", "jawOpen", "browInnerUp", "browDown_L", "browDown_R",
                       "eyeBlink_L", "eyeBlink_R", "mouthPucker", "mouthFunnel", "cheekPuff", "noseSneer_L")
@@ -173,10 +173,21 @@ class RigApp:
 
     # -- edits --
 
-    def spec(self, body: dict) -> tuple[EditSpec, dict[str, Session]]:
-        """The EditSpec and target sessions of a request body (slider values, target session ids)."""
-        c = body.get("controls", {})
+    def spec(self, body: dict, session: Session) -> tuple[EditSpec, dict[str, Session]]:
+        """The EditSpec and target sessions of a request body (slider values, target session ids).
+
+        Only the sliders moved away from the photo's fitted values become explicit values, so a slider left
+        alone does not override a transfer from a target photo."""
+        fitted = self._controls(session)
+        moved = lambda v, f: v is not None and not abs(float(v) - f) <= 1e-3  # noqa: E731 - NaN counts as moved
         try:
+            given = body.get("controls") or {}
+            c = {k: v for k, v in given.items() if k in fitted and k != "expression" and moved(v, fitted[k])}
+            c["expression"] = {k: v for k, v in (given.get("expression") or {}).items()
+                               if moved(v, fitted["expression"].get(k, 0.0))}
+            if "light_azimuth" in c or "light_elevation" in c:  # the direction is one setting
+                c.setdefault("light_azimuth", fitted["light_azimuth"])
+                c.setdefault("light_elevation", fitted["light_elevation"])
             light_dir = None
             if c.get("light_azimuth") is not None:
                 light_dir = light_direction(float(c["light_azimuth"]), float(c.get("light_elevation", 0.0)))
@@ -205,7 +216,7 @@ class RigApp:
 
     def _preview(self, body: dict) -> dict:
         session = self._session(body.get("session"))
-        spec, targets = self.spec(body)
+        spec, targets = self.spec(body, session)
         with torch.no_grad():
             edited = apply_edit(self.editor.face, session.params, spec, {r: t.params for r, t in targets.items()})
             buf = self.renderer(edited)
@@ -214,7 +225,7 @@ class RigApp:
 
     def start_edit(self, body: dict) -> dict:
         session = self._session(body.get("session"))
-        spec, targets = self.spec(body)
+        spec, targets = self.spec(body, session)
         options = {}
         for key, kind, low, high in (("steps", int, 2, 1000), ("seed", int, 0, 2**31 - 1), ("refine", int, 0, 10)):
             if key in body:
