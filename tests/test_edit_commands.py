@@ -21,6 +21,7 @@ def _edit(tmp_path, photo, *extra):
     (["--steps", "0"], "--steps must be in"),
     (["--steps", "-5"], "--steps must be in"),
     (["--refine", "-1"], "--refine must be in"),
+    (["--steps", "700"], "no DDIM respacing of 1000 steps into exactly 700"),
     (["--yaw", "nan"], "yaw must be a finite number"),
     (["--pitch", "inf"], "pitch must be a finite number"),
     (["--light-dir=0,0,0"], "light direction must not be zero"),

@@ -3,8 +3,9 @@
 The global latent comes from the source photo, or from the ``latent`` target to mix appearance. Sampling
 is DDIM from seeded noise, or, with ``invert``, from the source's own DDIM inversion under its unedited
 buffers, which keeps background and fine detail; ``refine`` fixed-point iterations per inversion step make
-the inversion the sampler's exact inverse (see ``process.ddim_invert``). A Session caches its model-size image, its latent and
-its inversions (per step count and latent source), so re-editing a photo only samples.
+the inversion the sampler's exact inverse (see ``process.ddim_invert``). A Session caches its model-size
+image, its latent and its inversions (per step count, refinement and latent source), so re-editing a photo
+only samples.
 
 A personal model (stage 2) was trained on buffers that carry its album's shared identity shape; pass that
 ``shape`` (``facerig.dataset.album_shape``) so edits render the same identity. Any photo can be edited
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from facerig import runtime
 from facerig.diffusion.checkpoint import load_checkpoint
-from facerig.diffusion.process import ddim_invert, ddim_sample, denoiser_fn
+from facerig.diffusion.process import DEFAULT_SCHEDULE, ddim_invert, ddim_sample, denoiser_fn
 from facerig.edit import EditProgress, EditResult, EditSpec, Session, SessionCapture, StepCallback, apply_edit
 from facerig.face3d import MorphableModel, load_model
 from facerig.render import Renderer, RenderConfig
@@ -54,6 +55,7 @@ class DiffusionRigEditor:
         """Refuse options no edit can run with (before anything is loaded)."""
         if not MIN_STEPS <= steps <= MAX_STEPS:
             raise ValueError(f"--steps must be in [{MIN_STEPS}, {MAX_STEPS}], not {steps}")
+        DEFAULT_SCHEDULE.ddim_timesteps(steps)  # e.g. 700: no respacing of 1000 steps gives exactly that
         if not 0 <= refine <= MAX_REFINE:
             raise ValueError(f"--refine must be in [0, {MAX_REFINE}], not {refine}")
         if not 0 <= seed < 2**63:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facerig.runtime import PRECISIONS
 from facerig.training import LATEST_FILE, option
 
 
@@ -25,7 +26,7 @@ class PersonalizeConfig:
     holdout: int = option(2, "album photos kept out of training for the preview grid")
     ckpt_every: int = option(250, "steps between checkpoints (what a killed run loses at most)")
     precision: str = option("auto", "auto: bf16 where the CPU or GPU computes it natively, else fp32",
-                            choices=("auto", "fp32", "bf16"))
+                            choices=PRECISIONS)
     threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else the idle cores)")
     seed: int = option(0, "seed of the data order, noise and dropout")
     device: str | None = option(None, "device (default: cuda if available)")

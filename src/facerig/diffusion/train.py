@@ -83,8 +83,8 @@ class TrainConfig:
     p2_k: float = option(1.0, "P2 loss weighting k")
     ema: float | None = option(None, "keep EMA weights with this decay, e.g. 0.9999", metavar="DECAY")
     precision: str = option("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
-                                  "else fp32", choices=("auto", "fp32", "bf16"))
-    threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
+                                  "else fp32", choices=runtime.PRECISIONS)
+    threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else the cores other processes leave idle)")
     log_every: int = option(25, "steps between host syncs: log lines and the NaN check")
     init: str | None = option(None, "start from these weights: a facerig run/checkpoint or an official .pt")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint")
@@ -167,8 +167,6 @@ def _setup_distributed(cfg: TrainConfig) -> _Dist:
     return _Dist(0, 1, 0, device)
 
 
-# ---- optimizer and RNG state without pickle: tensors to safetensors, the rest to JSON ----
-
 class Trainer:
     """One training run; ``run()`` trains to ``cfg.steps`` and returns the final checkpoint folder."""
 
@@ -212,7 +210,6 @@ class Trainer:
             # Built once: the EMA update is then two fused calls per step.
             self._ema_pairs = (list(self.ema_model.parameters()), list(self.model.parameters()),
                                list(self.ema_model.buffers()), list(self.model.buffers()))
-        self.schedule = DEFAULT_SCHEDULE
         self._pending: list[torch.Tensor] = []  # per-step [loss, mse, grad_norm] not yet on the host
 
         # Per-rank RNGs: dropout draws from the global RNG, noise and timesteps from this generator.
@@ -344,7 +341,7 @@ class Trainer:
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         self.opt.zero_grad(set_to_none=True)
         with runtime.autocast(dev, self.precision):
-            out = training_loss(self.ddp, batch, self.schedule, cfg.p2_gamma, cfg.p2_k, self.generator)
+            out = training_loss(self.ddp, batch, DEFAULT_SCHEDULE, cfg.p2_gamma, cfg.p2_k, self.generator)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.opt.step()

@@ -28,7 +28,7 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).type(x.dtype)
+        return super().forward(x.float()).type(x.dtype)
 
 
 class _NormFiLMSiLU(torch.autograd.Function):
@@ -281,10 +281,8 @@ class DiffusionRigUNet(nn.Module):
         """(B,3,S,S) noisy image, (B,) steps, (B,9,S,S) buffers, (B,latent_dim) latent -> (B,3,S,S) epsilon."""
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
-        dtype = self.time_embed[0].weight.dtype  # float32, or bf16 for a model cast for inference
-        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(dtype))
-        latent = latent.to(dtype)
-        h = torch.cat([x_t.to(dtype), buffers.to(dtype)], dim=1).contiguous(memory_format=self.memory_format)
+        emb = self.time_embed(timestep_embedding(t, self.model_channels))
+        h = torch.cat([x_t, buffers.to(x_t.dtype)], dim=1).contiguous(memory_format=self.memory_format)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, latent)

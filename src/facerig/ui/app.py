@@ -162,6 +162,12 @@ class RigApp:
         return to_uint8_image(photo * (1 - mask) + shaded * mask)
 
     def _controls(self, session: Session) -> dict:
+        """Slider values of the photo's fitted parameters (cached: every preview compares against them)."""
+        if "ui.controls" not in session.cache:
+            session.cache["ui.controls"] = self._fitted_controls(session)
+        return session.cache["ui.controls"]
+
+    def _fitted_controls(self, session: Session) -> dict:
         p = session.params
         yaw, pitch, roll = (float(v) for v in axis_angle_to_euler(p.rotation)[0])
         direction, intensity, _ = split_light(p.light)
