@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("facerig.eval.commands", "identity, edit accuracy and reconstruction metrics with a report"),
     "ui": ("facerig.ui.commands", "the interactive rig in a local web page"),
     "gan": ("facerig.stylerig.commands", "train a StyleGAN2 generator on aligned faces"),
+    "stylerig": ("facerig.stylerig.commands", "rig a StyleGAN with the 3D face model: train, sample, mix, evaluate"),
 }
 
 

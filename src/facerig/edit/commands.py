@@ -25,6 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", help="sub-folder name (default: the photo's file stem)")
     p.add_argument("--album", help="a personal model's album dataset: its shared identity shape is used")
+    add_spec_arguments(p)
+    p.add_argument("--steps", type=int, help="diffusion: DDIM steps (default 20); stylerig: W+ projection iterations "
+                   "for a real photo (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same output")
+    p.add_argument("--invert", action="store_true", help="start from the source's DDIM inversion (keeps background)")
+    p.add_argument("--refine", type=int,
+                   help="diffusion: fixed-point iterations per inversion step: 1 brings a no-edit round trip at 50 steps from "
+                        "24.5 to 42 dB, 2 at 20 steps to 39 dB; each costs one more model call per step (default 1)")
+    p.add_argument("--paste-back", action="store_true",
+                   help="also write pasted.png: the edit warped back into the original photo, feathered at the crop edge")
+    p.add_argument("--device", default="cpu")
+    add_runtime_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that make an ``EditSpec`` (``spec_from_args``), shared by every command that edits."""
     p.add_argument("--light-from", help="photo whose SH light to use")
     p.add_argument("--pose-from", help="photo whose head rotation to use")
     p.add_argument("--expression-from", help="photo whose expression (and jaw) to use")
@@ -36,31 +53,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pitch", type=float, help="head pitch in degrees (positive tilts the nose down)")
     p.add_argument("--roll", type=float, help="head roll in degrees")
     p.add_argument("--expr", default="", help="expression weights, e.g. mouthSmile_L=0.8,jawOpen=0.3")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same output")
-    p.add_argument("--invert", action="store_true", help="start from the source's DDIM inversion (keeps background)")
-    p.add_argument("--refine", type=int, default=1,
-                   help="fixed-point iterations per inversion step: 1 brings a no-edit round trip at 50 steps from "
-                        "24.5 to 42 dB, 2 at 20 steps to 39 dB; each costs one more model call per step (default 1)")
-    p.add_argument("--paste-back", action="store_true",
-                   help="also write pasted.png: the edit warped back into the original photo, feathered at the crop edge")
-    p.add_argument("--device", default="cpu")
-    add_runtime_arguments(p)
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from facerig.edit import EditSpec, parse_expression, parse_vector, prepare_targets, write_edit
-    from facerig.edit.editor import editor_class, load_editor
-    from facerig.io import writable_folder
+def spec_from_args(args: argparse.Namespace):
+    from facerig.edit import EditSpec, parse_expression, parse_vector
 
-    spec = EditSpec(
+    return EditSpec(
         light_from=args.light_from, pose_from=args.pose_from, expression_from=args.expression_from,
         latent_from=args.latent_from, light_dir=parse_vector(args.light_dir, "--light-dir"),
         light_intensity=args.light_intensity, yaw=args.yaw, pitch=args.pitch, roll=args.roll,
         expression=parse_expression(args.expr),
     ).validate()
-    options = {"steps": args.steps, "seed": args.seed, "invert": args.invert, "refine": args.refine}
+
+
+def run(args: argparse.Namespace) -> int:
+    from facerig.edit import prepare_targets, write_edit
+    from facerig.edit.editor import editor_class, load_editor
+    from facerig.io import writable_folder
+
+    spec = spec_from_args(args)
+    given = {"steps": args.steps, "seed": args.seed, "invert": args.invert, "refine": args.refine}
+    options = {k: v for k, v in given.items() if v is not None}  # the rest take the rig's defaults
     editor_class(args.rig).check_options(**options)
     for photo in [args.photo, *spec.target_photos().values()]:
         if not Path(photo).is_file():

@@ -74,7 +74,8 @@ class Editor(Protocol):
 
 # rig name -> (module, editor class); a rig registers here when it exists. Imported by name, so this
 # module never imports a rig.
-RIGS = {"diffusion": ("facerig.diffusion.editor", "DiffusionRigEditor")}
+RIGS = {"diffusion": ("facerig.diffusion.editor", "DiffusionRigEditor"),
+        "stylerig": ("facerig.stylerig.editor", "StyleRigEditor")}
 
 
 def editor_class(rig: str) -> type:

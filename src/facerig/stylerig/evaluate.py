@@ -1,0 +1,174 @@
+"""StyleRig's evaluation protocol (``facerig stylerig evaluate``) on random generated faces.
+
+For ``n`` seeds from ``SEED_BASE`` (latents never drawn in training): the face is generated and captured
+by facerig's capture (as any photo is), every edit of ``EDITS`` is applied to those captured parameters,
+RigNet edits the latent, and the result is captured again. Reported per edit:
+
+- gap closed (``facerig.eval.edit_accuracy``) on the parameter it edits, median over faces;
+- drift: the re-captured RMSE of the parameters it does not edit against the source's, next to the DFR's
+  own error (DFR(w) against the capture of G(w) on the same faces) and to the "none" edit: the simultaneous
+  RigNet asked for DFR's own parameters, i.e. what one RigNet pass changes when nothing should change;
+- identity: dlib embedding distance edited <-> source (same person below 0.6).
+
+``summary.json`` holds every figure and the gates of the StyleRig issue; ``sheet.png`` shows 8 faces with
+each edit.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from facerig.edit import EditSpec, apply_edit
+from facerig.face3d import FaceParams
+from facerig.stylerig.editor import edited_fields, to_uint8
+from facerig.stylerig.rig import MODES
+
+SEED_BASE = 100_000
+SMILE = {"mouthSmile_L": 0.8, "mouthSmile_R": 0.8}
+EDITS = {
+    "none": EditSpec(),
+    "yaw+30": EditSpec(yaw=30.0), "yaw-30": EditSpec(yaw=-30.0),
+    "light_left": EditSpec(light_dir=(-1.0, 0.3, 0.6)), "light_right": EditSpec(light_dir=(1.0, 0.3, 0.6)),
+    "smile": EditSpec(expression=SMILE), "jaw_open": EditSpec(expression={"jawOpen": 0.6}),
+}
+METRIC = {"rotation": "pose_rmse_deg", "light": "light_rmse", "expression": "expression_rmse"}
+GATES = {"yaw": ("yaw+30", "yaw-30", 0.6), "light": ("light_left", "light_right", 0.5), "smile": ("smile", None, 0.4),
+         "jaw_open": ("jaw_open", None, 0.4)}
+IDENTITY_GATE = 0.4
+BATCH = 32
+
+
+def _capture_batch(fitter, images: np.ndarray) -> tuple[FaceParams | None, np.ndarray]:
+    """Capture (B,S,S,3) uint8 images; returns the parameters of those with a face and which had one."""
+    from facerig.capture.load import CaptureError
+    from facerig.capture.pipeline import prepare_image
+
+    items, found = [], np.zeros(len(images), dtype=bool)
+    for i, image in enumerate(images):
+        try:
+            items.append(prepare_image(image, fitter.size, f"image {i}"))
+            found[i] = True
+        except CaptureError:
+            pass
+    return (fitter.fit_items(items).params.detach() if items else None), found
+
+
+def _select(params: FaceParams, mask: np.ndarray) -> FaceParams:
+    return params.map(lambda t: t[torch.from_numpy(mask)])
+
+
+def _errors(a: FaceParams, b: FaceParams) -> dict[str, torch.Tensor]:
+    from facerig.eval.edit_accuracy import param_errors
+
+    keys = ("light", "expression", "rotation")
+    return param_errors({k: getattr(a, k) for k in keys}, {k: getattr(b, k) for k in keys})
+
+
+def _median(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan
+
+
+@torch.no_grad()
+def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_eval") -> dict:
+    from PIL import Image
+
+    from facerig.capture.pipeline import ModelFitter
+    from facerig.edit.spec import CAPTURE_SIZE
+    from facerig.eval.identity import analyze_face, embedding_distance
+    from facerig.face3d import load_model
+    from facerig.io import atomic_write_json, contact_sheet, writable_folder
+    from facerig.stylerig.model import StyleRigModel
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, not {n}")
+    out = writable_folder(out)
+    model = StyleRigModel.from_pretrained(model_dir)
+    face = load_model()
+    fitter = ModelFitter(CAPTURE_SIZE, "cpu", face)
+    template = face.default_params(1)
+    per_edit: dict[str, dict[str, list]] = {name: {} for name in EDITS}
+    dfr_err: dict[str, list] = {}
+    sheet_rows: list[list[np.ndarray]] = []
+    n_sources = n_found = 0
+    for start in tqdm(range(0, n, BATCH), desc="stylerig evaluate"):
+        seeds = range(SEED_BASE + start, SEED_BASE + min(n, start + BATCH))
+        w = torch.cat([model.latent(s) for s in seeds])
+        src_images = to_uint8_batch(model.generate(w))
+        src_params, found = _capture_batch(fitter, src_images)
+        n_sources += len(seeds)
+        n_found += int(found.sum())
+        if src_params is None:
+            continue
+        w = w[torch.from_numpy(found)]
+        src_images = src_images[found]
+        for k, v in _errors(model.face_params(w, template), src_params).items():
+            dfr_err.setdefault(k, []).extend(v.tolist())
+        src_faces = [analyze_face(im, "source") for im in src_images]
+        row_images = {"source": src_images}
+        for name, spec in EDITS.items():
+            target = apply_edit(face, src_params, spec, {})
+            if name == "none":  # a RigNet pass asked for DFR's own parameters: what a pass alone changes
+                w_edit = model.rig(w, model.face_params(w, template), MODES["all"])[0]
+            else:
+                w_edit = model.rig(w, target, edited_fields(spec))[0]
+            images = to_uint8_batch(model.generate(w_edit))
+            row_images[name] = images
+            recaptured, ok = _capture_batch(fitter, images)
+            rec = per_edit[name]
+            rec.setdefault("face_found", []).extend(ok.tolist())
+            rec.setdefault("identity", []).extend(
+                embedding_distance(s.embedding, analyze_face(im, name).embedding) for s, im in zip(src_faces, images))
+            if recaptured is None:
+                continue
+            src_ok, tgt_ok = _select(src_params, ok), _select(target, ok)
+            before, after = _errors(src_ok, tgt_ok), _errors(recaptured, tgt_ok)
+            drift = _errors(recaptured, src_ok)
+            for field in ("rotation", "light", "expression"):
+                m = METRIC[field]
+                if field in edited_fields(spec):
+                    gap = torch.where(before[m] > 0, 1 - after[m] / before[m], torch.full_like(before[m], math.nan))
+                    rec.setdefault(f"gap_{field}", []).extend(gap.tolist())
+                else:
+                    rec.setdefault(f"drift_{m}", []).extend(drift[m].tolist())
+        if len(sheet_rows) < 8:
+            for i in range(min(8 - len(sheet_rows), len(src_images))):
+                sheet_rows.append([row_images[k][i] for k in row_images])
+    Image.fromarray(contact_sheet(sheet_rows)).save(Path(out) / "sheet.png")
+
+    edits = {}
+    for name, rec in per_edit.items():
+        edits[name] = {k: (float(np.mean(v)) if k == "face_found" else _median(v)) for k, v in rec.items()}
+        edits[name]["items"] = len(rec.get("face_found", []))
+    none = edits["none"]
+    gates = {}
+    for gate, (a, b, threshold) in GATES.items():
+        field = "rotation" if gate == "yaw" else "light" if gate == "light" else "expression"
+        values = per_edit[a].get(f"gap_{field}", []) + (per_edit[b].get(f"gap_{field}", []) if b else [])
+        gates[f"{gate}_gap_closed"] = {"value": _median(values), "threshold": threshold, "met": _median(values) >= threshold}
+    identity = [d for name in EDITS if name != "none" for d in per_edit[name]["identity"]]
+    gates["identity_median"] = {"value": _median(identity), "threshold": IDENTITY_GATE, "met": _median(identity) <= IDENTITY_GATE}
+    dfr_median = {k: _median(v) for k, v in dfr_err.items()}
+    drift_ok = {}
+    for name in EDITS:
+        for key, value in edits[name].items():
+            if key.startswith("drift_"):
+                metric = key[len("drift_"):]
+                drift_ok[f"{name}:{metric}"] = {"value": value, "dfr_error": dfr_median.get(metric), "none_edit": none.get(key),
+                                                "met": bool(value <= dfr_median.get(metric, math.inf))}
+    gates["drift_within_dfr_error"] = {"met": all(d["met"] for d in drift_ok.values()), "items": drift_ok}
+    summary = {"model": str(model_dir), "faces": n_sources, "source_face_rate": n_found / max(1, n_sources),
+               "dfr_error_median": dfr_median, "edits": edits, "gates": {k: v.get("met") for k, v in gates.items()},
+               "gate_values": gates, "sheet_columns": ["source", *EDITS]}
+    atomic_write_json(Path(out) / "summary.json", summary)
+    return summary
+
+
+def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
+    return np.stack([to_uint8(im) for im in images])

@@ -1,0 +1,213 @@
+"""StyleRig's networks and losses (Tewari et al., CVPR 2020), over a frozen StyleGAN2.
+
+- ``ParamSpace``: the face parameters StyleRig reads and writes (those facerig's capture fits: shape,
+  expression, rotation, albedo, SH light, camera) as one normalised vector; the rest (translation, jaw,
+  focal) keep the face model's defaults, as capture keeps them.
+- ``DFR``: W+ -> parameters, a 3-layer MLP with ELU as in the paper.
+- ``RigNet``: (W+, target parameters of one mode) -> edited W+. Per layer a linear encoder style_dim -> 32
+  and a decoder (32 + the mode's parameters) -> delta w (two layers, ELU), w' = w + delta. The decoder's
+  last layer starts at zero, so an untrained RigNet is the identity. ``steering=True`` is the paper's
+  baseline: delta w from the parameter change alone (no w input).
+- ``face_distance``: the distance the losses use between two parameter sets, measured on what they render:
+  projected mesh points (pixels at the capture size) and the face's colour (albedo x SH shading, 8-bit
+  levels) for a fan of visible normal directions. It is the paper's L_render (photometric + landmark) taken
+  at mesh points instead of rasterised pixels: parameter sets that render alike are close however their
+  coefficients differ, and it needs no rasteriser gradients.
+- ``rignet_losses``: L_rec, L_edit and L_consist of the paper with its parameter mixing: the edit loss
+  compares v's parameters with v's parameters whose *controlled* part comes from DFR(w'), the consistency
+  loss compares w's parameters with w's whose *uncontrolled* part comes from DFR(w'); both directions
+  (w -> v and v -> w) are trained, the paper's two-way cycle.
+
+Modes (``MODES``) name the parameters a RigNet controls; ``all`` is simultaneous control.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facerig.face3d import FaceParams, MorphableModel
+from facerig.face3d.camera import project
+from facerig.render.sh import sh_shading
+
+FITTED_FIELDS = ("shape", "expression", "rotation", "albedo", "light", "cam")
+MODES = {"pose": ("rotation",), "expression": ("expression",), "light": ("light",),
+         "all": ("rotation", "expression", "light")}
+CODE_DIM = 32  # the paper's per-layer latent code
+DISTANCE_SIZE = 256  # geometry is measured in pixels of the capture size
+N_POINTS = 600  # face-region vertices sampled (fixed) for the geometry term
+N_NORMALS = 64  # visible normal directions for the colour term
+
+
+def field_sizes(face: MorphableModel) -> dict[str, int]:
+    return {"shape": face.n_shape, "expression": face.n_expression, "rotation": 3, "albedo": face.n_albedo,
+            "light": 27, "cam": 3}
+
+
+class ParamSpace(nn.Module):
+    """FaceParams <-> a vector normalised per dimension (mean and std of the DFR's training captures)."""
+
+    def __init__(self, sizes: dict[str, int], mean: Tensor | None = None, std: Tensor | None = None):
+        super().__init__()
+        self.sizes = dict(sizes)
+        n = sum(sizes.values())
+        self.register_buffer("mean", mean.float() if mean is not None else torch.zeros(n))
+        self.register_buffer("std", std.float() if std is not None else torch.ones(n))
+
+    @property
+    def dim(self) -> int:
+        return sum(self.sizes.values())
+
+    def slices(self, names: tuple[str, ...] = FITTED_FIELDS) -> list[slice]:
+        out, start = [], 0
+        for name, size in self.sizes.items():
+            if name in names:
+                out.append(slice(start, start + size))
+            start += size
+        return out
+
+    def select(self, vector: Tensor, names: tuple[str, ...]) -> Tensor:
+        """The ``names`` parts of a (B, dim) vector, concatenated."""
+        return torch.cat([vector[:, s] for s in self.slices(names)], 1)
+
+    def encode(self, params: FaceParams) -> Tensor:
+        raw = torch.cat([getattr(params, k).reshape(params.batch_size, -1) for k in self.sizes], 1)
+        return (raw - self.mean) / self.std
+
+    def decode(self, vector: Tensor, template: FaceParams) -> FaceParams:
+        """Parameters from a normalised vector; fields StyleRig does not predict come from ``template``
+        (batch one or the same batch)."""
+        raw = vector * self.std + self.mean
+        b = vector.shape[0]
+        fields = {k: v.expand(b, *v.shape[1:]) for k, v in template.to_dict().items()}
+        for name, part in zip(self.sizes, raw.split(list(self.sizes.values()), 1)):
+            fields[name] = part.reshape(b, *template.to_dict()[name].shape[1:])
+        return FaceParams(**fields)
+
+
+class DFR(nn.Module):
+    """W+ (B, n_latent, style_dim) -> normalised parameter vector (B, dim): 3-layer MLP, ELU (the paper's)."""
+
+    def __init__(self, n_latent: int, style_dim: int, dim: int, hidden: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_latent * style_dim, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, w_plus: Tensor) -> Tensor:
+        return self.net(w_plus.flatten(1))
+
+
+class RigNet(nn.Module):
+    """(W+, target parameters of the mode, normalised) -> edited W+; every layer has its own weights."""
+
+    def __init__(self, n_latent: int, style_dim: int, n_params: int, code_dim: int = CODE_DIM, hidden: int = 256,
+                 steering: bool = False):
+        super().__init__()
+        self.steering = steering
+        inputs = n_params if steering else code_dim + n_params
+
+        def per_layer(n_in: int, n_out: int, gain: float = 1.0) -> nn.Parameter:
+            return nn.Parameter(torch.randn(n_latent, n_in, n_out) * gain / math.sqrt(n_in))
+
+        if not steering:
+            self.encoder = per_layer(style_dim, code_dim)
+        self.hidden = per_layer(inputs, hidden)
+        self.hidden_bias = nn.Parameter(torch.zeros(n_latent, hidden))
+        self.out = nn.Parameter(torch.zeros(n_latent, hidden, style_dim))  # identity at initialisation
+        self.out_bias = nn.Parameter(torch.zeros(n_latent, style_dim))
+
+    def forward(self, w_plus: Tensor, target: Tensor, source: Tensor | None = None) -> Tensor:
+        """``target``: the mode's parameters (B, n_params) to reach; ``source`` (DFR's of ``w_plus``) is read
+        only by the steering baseline, which sees their difference."""
+        n_latent = w_plus.shape[1]
+        if self.steering:
+            if source is None:
+                raise ValueError("the steering baseline needs the source parameters")
+            x = (target - source)[:, None].expand(-1, n_latent, -1)
+        else:
+            code = torch.einsum("bls,lsc->blc", w_plus, self.encoder)
+            x = torch.cat([code, target[:, None].expand(-1, n_latent, -1)], -1)
+        h = F.elu(torch.einsum("bli,lih->blh", x, self.hidden) + self.hidden_bias)
+        return w_plus + torch.einsum("blh,lhs->bls", h, self.out) + self.out_bias
+
+
+@dataclass
+class LossWeights:
+    """RigNet loss weights (the paper weighs its terms equally; ``consist`` 0 or ``edit`` 0 are its ablations)."""
+
+    rec: float = 1.0  # L_rec: ||RigNet(w, p_w) - w||^2, per latent entry
+    edit: float = 1.0  # L_edit, face_distance units
+    consist: float = 1.0  # L_consist, face_distance units
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FaceDistance(nn.Module):
+    """Squared distance between parameter sets by what they render (see the module docstring)."""
+
+    def __init__(self, face: MorphableModel, n_points: int = N_POINTS, n_normals: int = N_NORMALS, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        region = face.regions.get("narrow_face", torch.arange(face.n_vertices))
+        index = region[torch.randperm(len(region), generator=gen)[:n_points]]
+        self.points = face.point_evaluator(index.to(face.template.device))
+        # Landmark vertices carry the expression (mouth, eyes): add them with their barycentric weights.
+        self.landmarks = face.point_evaluator(face.landmark_vertices.flatten())
+        self.register_buffer("landmark_bary", face.landmark_bary)
+        self.register_buffer("albedo_mean", face.albedo_mean[index].mean(0))
+        self.register_buffer("albedo_basis", face.albedo_basis[:, index].mean(1))
+        normals = torch.randn(n_normals, 3, generator=gen)
+        normals[:, 2] = normals[:, 2].abs() + 0.3  # the hemisphere facing the camera, where faces are lit
+        self.register_buffer("normals", F.normalize(normals, dim=-1))
+
+    def screen(self, p: FaceParams) -> Tensor:
+        lmk = (self.landmarks(p).reshape(p.batch_size, 68, 3, 3) * self.landmark_bary[..., None]).sum(2)
+        pts = torch.cat([self.points(p), lmk], 1)
+        return project(pts, p, "orthographic", DISTANCE_SIZE)[..., :2]
+
+    def colour(self, p: FaceParams) -> Tensor:
+        albedo = (self.albedo_mean + torch.einsum("ba,ac->bc", p.albedo, self.albedo_basis)).clamp(0, 1)
+        return albedo[:, None] * sh_shading(self.normals, p.light[:, None]) * 255
+
+    def forward(self, p: FaceParams, q: FaceParams) -> Tensor:
+        """(B,) mean squared pixel distance of the mesh points + mean squared colour difference (8-bit levels)."""
+        geometry = (self.screen(p) - self.screen(q)).pow(2).sum(-1).mean(1)
+        colour = (self.colour(p) - self.colour(q)).pow(2).mean((1, 2))
+        return geometry + colour
+
+
+def mix(base: Tensor, other: Tensor, space: ParamSpace, names: tuple[str, ...]) -> Tensor:
+    """``base`` (B, dim) with its ``names`` parts taken from ``other``."""
+    out = base.clone()
+    for s in space.slices(names):
+        out[:, s] = other[:, s]
+    return out
+
+
+def rignet_losses(rignet: RigNet, dfr: DFR, space: ParamSpace, distance: FaceDistance, template: FaceParams,
+                  w: Tensor, v: Tensor, mode: str, weights: LossWeights) -> dict[str, Tensor]:
+    """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions."""
+    controlled = MODES[mode]
+    rest = tuple(k for k in FITTED_FIELDS if k not in controlled)
+    with torch.no_grad():
+        p = dfr(torch.cat([w, v]))
+    p_w, p_v = p.chunk(2)
+    decode = lambda x: space.decode(x, template)  # noqa: E731
+    out = {"rec": w.new_zeros(()), "edit": w.new_zeros(()), "consist": w.new_zeros(())}
+    for a, b, p_a, p_b in ((w, v, p_w, p_v), (v, w, p_v, p_w)):
+        edited = rignet(a, space.select(p_b, controlled), space.select(p_a, controlled))
+        p_hat = dfr(edited)
+        if weights.rec:
+            same = rignet(a, space.select(p_a, controlled), space.select(p_a, controlled))
+            out["rec"] = out["rec"] + (same - a).pow(2).mean() / 2
+        if weights.edit:
+            out["edit"] = out["edit"] + distance(decode(mix(p_b, p_hat, space, controlled)), decode(p_b)).mean() / 2
+        if weights.consist:
+            out["consist"] = out["consist"] + distance(decode(mix(p_a, p_hat, space, rest)), decode(p_a)).mean() / 2
+    out["total"] = weights.rec * out["rec"] + weights.edit * out["edit"] + weights.consist * out["consist"]
+    return out

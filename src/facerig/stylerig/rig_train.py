@@ -1,0 +1,298 @@
+"""Build a StyleRig over a trained generator: ``facerig stylerig train``.
+
+Three resumable stages in one run folder (each skipped when its output exists):
+
+1. ``data/chunk_NNNN.safetensors``: ``samples`` generated faces in chunks, each with its W+ latent (style
+   mixing with probability ``mixing``, so the DFR also sees W+ that are not one repeated w), captured by
+   facerig's capture exactly as a photo would be: the fitted parameters, the landmark error, and where the
+   FFHQ crop lies in the generated image. Faces dlib does not find are kept as misses (the detection rate).
+2. ``dfr.safetensors``: the DFR regressed onto those captures (``face_distance`` + a small L2 on the
+   normalised vector); ``dfr.json`` holds its error on held-out samples, per parameter, in ``facerig eval``'s
+   units: the "DFR's own error" that unedited parameters are compared against.
+3. ``rignet_MODE.safetensors`` for each mode: RigNet trained self-supervised through the frozen DFR on fresh
+   latents (no images needed: the paper's losses live in parameter space once the DFR exists).
+
+``model/`` then holds the whole rig (generator, DFR, parameter space, RigNets, framing) as ``config.json`` +
+``model.safetensors`` for ``facerig edit --rig stylerig`` and ``facerig stylerig sample``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from facerig import runtime
+from facerig.io import atomic_save_safetensors, atomic_write_json, writable_folder
+from facerig.stylerig.rig import DFR, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, field_sizes, rignet_losses
+from facerig.training import option
+from facerig.weights import read_tensors
+
+CHUNK = 64
+MIN_FACES = 32  # captured faces below which there is nothing to train a DFR on
+HOLDOUT = 0.1  # fraction of captured samples the DFR never trains on
+
+
+@dataclass
+class RigTrainConfig:
+    generator: str = field(metadata={"help": "trained generator: GAN run folder, checkpoint folder or g_ema .safetensors",
+                                     "positional": True})
+    out: str = field(metadata={"help": "run folder (stages, logs) whose model/ is the rig"})
+    samples: int = option(3000, "generated faces captured for the DFR")
+    truncation: float = option(0.8, "truncation psi of sampled latents (data, RigNet training, seeds)")
+    mixing: float = option(0.5, "probability a data sample mixes two latents at a random layer")
+    dfr_steps: int = option(6000, "DFR Adam steps")
+    rig_steps: int = option(3000, "Adam steps per RigNet")
+    batch_size: int = option(64, "latents per step")
+    lr: float = option(1e-3, "Adam learning rate (DFR and RigNet)")
+    modes: str = option(",".join(MODES), "RigNets to train: comma-separated of " + ", ".join(MODES))
+    w_rec: float = option(LossWeights.rec, "L_rec weight (W+ units)")
+    w_edit: float = option(LossWeights.edit, "L_edit weight (0: the no-L_edit ablation)")
+    w_consist: float = option(LossWeights.consist, "L_consist weight (0: the no-L_consist ablation)")
+    steering: bool = option(False, "train the steering baseline instead (delta p -> delta w, no w input)")
+    threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
+    seed: int = option(0, "seed of the sampled latents and the networks")
+
+    def __post_init__(self):
+        for name in ("samples", "dfr_steps", "rig_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not 0 < self.truncation <= 1 or not 0 <= self.mixing <= 1:
+            raise ValueError("truncation must be in (0, 1] and mixing in [0, 1]")
+        unknown = set(self.mode_list) - set(MODES)
+        if unknown or not self.mode_list:
+            raise ValueError(f"modes must be some of {', '.join(MODES)}, not {self.modes!r}")
+        if min(self.w_rec, self.w_edit, self.w_consist) < 0:
+            raise ValueError("loss weights must be >= 0")
+
+    @property
+    def mode_list(self) -> list[str]:
+        return [m.strip() for m in self.modes.split(",") if m.strip()]
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(self.w_rec, self.w_edit, self.w_consist)
+
+
+def sample_latents(generator, n: int, gen: torch.Generator, truncation: float, latent_avg: torch.Tensor,
+                   mixing: float = 0.0) -> torch.Tensor:
+    """(n, n_latent, style_dim) truncated W+ latents; with probability ``mixing`` two w split at a random layer."""
+    w = generator.style(torch.randn(2 * n, generator.style_dim, generator=gen))
+    w = latent_avg + truncation * (w - latent_avg)
+    a, b = w[:n, None].repeat(1, generator.n_latent, 1), w[n:, None]
+    cut = torch.randint(1, generator.n_latent, (n,), generator=gen)
+    mixed = torch.rand(n, generator=gen) < mixing
+    layer = torch.arange(generator.n_latent)
+    take_b = (mixed[:, None] & (layer[None] >= cut[:, None]))[..., None]
+    return torch.where(take_b, b.expand_as(a), a)
+
+
+@torch.no_grad()
+def render_latents(generator, w_plus: torch.Tensor) -> torch.Tensor:
+    """Images (B,3,S,S) in [-1,1] with the generator's fixed noise (same latent, same image)."""
+    return generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def crop_frame(transform: np.ndarray, image_size: int, upsampled: int) -> np.ndarray:
+    """Where the FFHQ crop (unit square) lies in the generated image: (centre x, centre y, side), in units of
+    the image side, from capture's aligned <- upsampled-image transform."""
+    to_aligned = transform @ np.diag([upsampled / image_size, upsampled / image_size, 1.0])
+    back = np.linalg.inv(to_aligned)
+    centre = back[:2, :2] @ np.array([upsampled / 2, upsampled / 2]) + back[:2, 2]
+    side = np.linalg.norm(back[:2, 0]) * upsampled
+    return np.array([centre[0] / image_size, centre[1] / image_size, side / image_size])
+
+
+class RigTrainer:
+    def __init__(self, cfg: RigTrainConfig):
+        from facerig.face3d import load_model
+        from facerig.stylerig.gan_train import load_generator
+
+        self.cfg = cfg
+        self.threads = runtime.configure_threads(cfg.threads)
+        self.out = writable_folder(cfg.out)
+        self.generator = load_generator(cfg.generator).requires_grad_(False)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.latent_avg = self.generator.style(torch.randn(4096, self.generator.style_dim, generator=gen)).mean(0)
+        self.face = load_model()
+        self.space = ParamSpace(field_sizes(self.face))
+        self.template = self.face.default_params(1)
+        self.distance = FaceDistance(self.face)
+        atomic_write_json(self.out / "config.json", asdict(cfg))
+
+    # ---- stage 1: captured samples ----
+    def build_data(self) -> dict[str, torch.Tensor]:
+        from facerig.capture.pipeline import ModelFitter, prepare_image
+        from facerig.capture.load import CaptureError
+        from facerig.edit.spec import CAPTURE_SIZE
+
+        cfg, folder = self.cfg, self.out / "data"
+        folder.mkdir(exist_ok=True)
+        fitter = ModelFitter(CAPTURE_SIZE, "cpu", self.face)
+        n_chunks = math.ceil(cfg.samples / CHUNK)
+        for index in tqdm(range(n_chunks), desc="capturing generated faces"):
+            path = folder / f"chunk_{index:04d}.safetensors"
+            if path.exists():
+                continue
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+            n = min(CHUNK, cfg.samples - index * CHUNK)
+            with torch.no_grad():
+                w_plus = sample_latents(self.generator, n, gen, cfg.truncation, self.latent_avg, cfg.mixing)
+            images = to_uint8(render_latents(self.generator, w_plus))
+            items, found = [], torch.zeros(n, dtype=torch.bool)
+            for i, image in enumerate(images):
+                try:
+                    items.append(prepare_image(image, CAPTURE_SIZE, f"sample {i}"))
+                    found[i] = True
+                except CaptureError:
+                    pass
+            tensors = {"w_plus": w_plus[found].contiguous(), "found": found}
+            if items:
+                fit = fitter.fit_items(items)
+                tensors.update({f"params.{k}": v.detach().float().contiguous() for k, v in fit.params.to_dict().items()})
+                tensors["landmark_error"] = fit.landmark_error.detach()
+                tensors["frame"] = torch.tensor(np.stack([crop_frame(it.transform, images.shape[1], CAPTURE_SIZE)
+                                                          for it in items]), dtype=torch.float32)
+            atomic_save_safetensors(tensors, path)
+        chunks = [read_tensors(folder / f"chunk_{i:04d}.safetensors")[0] for i in range(n_chunks)]
+        data = {"found": torch.cat([c["found"] for c in chunks])}
+        if int(data["found"].sum()) < MIN_FACES:
+            raise ValueError(f"{cfg.generator}: dlib found a face in only {int(data['found'].sum())} of "
+                             f"{data['found'].numel()} generated samples (need {MIN_FACES}); train the generator longer")
+        for key in chunks[0]:
+            if key != "found":
+                data[key] = torch.cat([c[key] for c in chunks if key in c])
+        return data
+
+    # ---- stage 2: DFR ----
+    def train_dfr(self, data: dict[str, torch.Tensor]) -> DFR:
+        from facerig.face3d import FaceParams
+
+        cfg, path = self.cfg, self.out / "dfr.safetensors"
+        params = FaceParams(**{k: data[f"params.{k}"] for k in FaceParams.field_names()})
+        raw = torch.cat([getattr(params, k).reshape(params.batch_size, -1) for k in self.space.sizes], 1)
+        n = raw.shape[0]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        order = torch.randperm(n, generator=gen)
+        n_val = max(1, int(n * HOLDOUT))
+        val, train = order[:n_val], order[n_val:]
+        self.space.mean.copy_(raw[train].mean(0))
+        self.space.std.copy_(raw[train].std(0).clamp_min(1e-3))
+        torch.manual_seed(cfg.seed)
+        dfr = DFR(self.generator.n_latent, self.generator.style_dim, self.space.dim)
+        if path.exists():
+            state, _ = read_tensors(path)
+            dfr.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("dfr.")})
+            return dfr.eval().requires_grad_(False)
+        target = self.space.encode(params)
+        w_plus = data["w_plus"]
+        opt = torch.optim.Adam(dfr.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.dfr_steps)
+        log = []
+        bar = tqdm(range(cfg.dfr_steps), desc="DFR")
+        for step in bar:
+            batch = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
+            pred = dfr(w_plus[batch])
+            loss_render = self.distance(self.space.decode(pred, self.template), self.space.decode(target[batch], self.template)).mean()
+            loss_l2 = (pred - target[batch]).pow(2).mean()
+            loss = loss_render + loss_l2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 200 == 0 or step == cfg.dfr_steps - 1:
+                log.append({"step": step, "render": float(loss_render.detach()), "l2": float(loss_l2.detach())})
+                bar.set_postfix(render=f"{log[-1]['render']:.2f}", l2=f"{log[-1]['l2']:.3f}")
+        dfr.eval().requires_grad_(False)
+        with torch.no_grad():
+            pred = self.space.decode(dfr(w_plus[val]), self.template)
+        report = {"train_samples": len(train), "heldout_samples": n_val, "log": log,
+                  "heldout_error": dfr_error(pred, _index(params, val)),
+                  "heldout_render_distance": float(self.distance(pred, _index(params, val)).mean())}
+        atomic_write_json(self.out / "dfr.json", report)
+        atomic_save_safetensors({**{f"dfr.{k}": v for k, v in dfr.state_dict().items()},
+                                 "space.mean": self.space.mean, "space.std": self.space.std}, path)
+        return dfr
+
+    # ---- stage 3: RigNets ----
+    def train_rignet(self, dfr: DFR, mode: str) -> RigNet:
+        cfg = self.cfg
+        path = self.out / f"rignet_{mode}.safetensors"
+        n_params = sum(s.stop - s.start for s in self.space.slices(MODES[mode]))
+        torch.manual_seed(cfg.seed)
+        rignet = RigNet(self.generator.n_latent, self.generator.style_dim, n_params, steering=cfg.steering)
+        if path.exists():
+            state, _ = read_tensors(path)
+            rignet.load_state_dict(state)
+            return rignet.eval()
+        gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
+        opt = torch.optim.Adam(rignet.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.rig_steps)
+        log, bar = [], tqdm(range(cfg.rig_steps), desc=f"RigNet {mode}")
+        for step in bar:
+            with torch.no_grad():
+                w = sample_latents(self.generator, cfg.batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
+                v = sample_latents(self.generator, cfg.batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
+            losses = rignet_losses(rignet, dfr, self.space, self.distance, self.template, w, v, mode, cfg.loss_weights)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            sched.step()
+            if step % 100 == 0 or step == cfg.rig_steps - 1:
+                entry = {"step": step, **{k: float(v.detach()) for k, v in losses.items()}}
+                if not math.isfinite(entry["total"]):
+                    raise FloatingPointError(f"RigNet {mode}: non-finite loss at step {step}")
+                log.append(entry)
+                bar.set_postfix(edit=f"{entry['edit']:.2f}", consist=f"{entry['consist']:.2f}", rec=f"{entry['rec']:.4f}")
+        atomic_write_json(self.out / f"rignet_{mode}.json", {"log": log})
+        rignet.eval()
+        atomic_save_safetensors(rignet.state_dict(), path)
+        return rignet
+
+    def run(self) -> Path:
+        from facerig.stylerig.model import StyleRigModel
+
+        start = time.time()
+        data = self.build_data()
+        found = data["found"]
+        dfr = self.train_dfr(data)
+        rignets = {mode: self.train_rignet(dfr, mode) for mode in self.cfg.mode_list}
+        frame = data["frame"].median(0).values.tolist()
+        model = StyleRigModel.build(self.generator, self.latent_avg, dfr, self.space, rignets, self.cfg.truncation,
+                                    frame, steering=self.cfg.steering)
+        folder = model.save_pretrained(self.out / "model")
+        atomic_write_json(self.out / "summary.json", {
+            "samples": int(found.numel()), "faces_found": int(found.sum()), "face_rate": float(found.float().mean()),
+            "median_landmark_error_px": float(data["landmark_error"].median()), "frame": frame,
+            "seconds_this_run": round(time.time() - start, 1), "threads": self.threads,
+        })
+        return folder
+
+
+def _index(params, index: torch.Tensor):
+    return params.map(lambda t: t[index])
+
+
+def dfr_error(predicted, captured) -> dict[str, float]:
+    """Median held-out DFR error against capture, in ``facerig eval``'s units (light and expression RMSE,
+    pose RMSE and geodesic degrees)."""
+    from facerig.eval.edit_accuracy import param_errors
+
+    errors = param_errors({k: getattr(predicted, k) for k in ("light", "expression", "rotation")},
+                          {k: getattr(captured, k) for k in ("light", "expression", "rotation")})
+    return {k: float(v.median()) for k, v in errors.items()}
+
+
+def train(cfg: RigTrainConfig) -> Path:
+    return RigTrainer(cfg).run()
+

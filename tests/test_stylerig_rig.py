@@ -1,0 +1,245 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_close, shared_path
+
+from facerig.edit import EditSpec, Session
+from facerig.face3d import FaceParams
+from facerig.face3d.ict import load_ict
+from facerig.face3d.light import directional_light
+from facerig.face3d.rotation import euler_to_axis_angle
+from facerig.stylerig.gan_train import GENERATOR_FORMAT
+from facerig.stylerig.model import StyleRigModel, frame_crop, style_mix, to_frame
+from facerig.stylerig.rig import DFR, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, field_sizes, mix, rignet_losses
+from facerig.stylerig.stylegan2 import Generator
+from facerig.weights import save_weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CHANNELS = {4: 32, 8: 32, 16: 16}
+
+
+@pytest.fixture(scope="module")
+def face():
+    return load_ict(shared_path("assets", "ict-facekit"))
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(0)
+    return Generator(16, style_dim=32, n_mlp=2, channels=CHANNELS).eval().requires_grad_(False)
+
+
+def _yawed(face, degrees: float, n: int = 1) -> FaceParams:
+    p = face.default_params(n)
+    p.rotation = euler_to_axis_angle(torch.full((n,), float(degrees)), torch.zeros(n), torch.zeros(n))
+    return p
+
+
+def test_param_space_round_trip_and_mix(face):
+    space = ParamSpace(field_sizes(face), torch.randn(sum(field_sizes(face).values())), torch.rand(sum(field_sizes(face).values())) + 0.5)
+    p = _yawed(face, 20.0, 2)
+    p.expression[:, 3] = 0.7
+    back = space.decode(space.encode(p), face.default_params(1))
+    for k, v in p.to_dict().items():
+        assert_close(getattr(back, k), v, atol=1e-5)
+    a, b = space.encode(p), space.encode(face.default_params(2))
+    mixed = space.decode(mix(a, b, space, ("rotation",)), face.default_params(1))
+    assert_close(mixed.rotation, torch.zeros(2, 3), atol=1e-5)
+    assert_close(mixed.expression, p.expression, atol=1e-5)
+
+
+def test_face_distance_sees_pose_light_and_expression(face):
+    d = FaceDistance(face)
+    base = face.default_params(1)
+    assert float(d(base, base)) == 0.0
+    turned = _yawed(face, 10.0)
+    smiling = base.clone()
+    smiling.expression[:, face.expression_index("mouthSmile_L")] = 1.0
+    relit = base.replace(light=directional_light(torch.tensor([[-1.0, 0.0, 0.5]]), 1.0, 0.5))
+    for other in (turned, smiling, relit):
+        assert float(d(base, other)) > 1.0 and torch.allclose(d(base, other), d(other, base))
+    assert float(d(base, _yawed(face, 20.0))) > float(d(base, turned))
+
+
+def test_rignet_starts_as_identity_and_steering_needs_the_source():
+    net = RigNet(6, 32, 3)
+    w = torch.randn(2, 6, 32)
+    assert torch.equal(net(w, torch.randn(2, 3)), w)
+    with pytest.raises(ValueError, match="source"):
+        RigNet(6, 32, 3, steering=True)(w, torch.randn(2, 3))
+
+
+def test_rignet_losses_train(face):
+    """A few steps through a fixed random DFR lower L_edit: RigNet learns to move the controlled parameters."""
+    torch.manual_seed(0)
+    dim = sum(field_sizes(face).values())
+    neutral = ParamSpace(field_sizes(face)).encode(face.default_params(1))[0]
+    space = ParamSpace(field_sizes(face), neutral, torch.full((dim,), 0.2))  # faces ~0.2 rad around the neutral one
+    dfr = DFR(6, 32, space.dim, hidden=64).requires_grad_(False)
+    net = RigNet(6, 32, 3)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    d, template = FaceDistance(face), face.default_params(1)
+    w, v = torch.randn(16, 6, 32), torch.randn(16, 6, 32)
+    first = None
+    for _ in range(40):
+        losses = rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights())
+        first = first or float(losses["edit"].detach())
+        opt.zero_grad()
+        losses["total"].backward()
+        opt.step()
+    assert all(torch.isfinite(x) for x in losses.values())
+    assert float(losses["edit"].detach()) < 0.5 * first
+    no_consist = rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(consist=0.0))
+    assert float(no_consist["consist"]) == 0.0
+
+
+def _model(face, generator) -> StyleRigModel:
+    space = ParamSpace(field_sizes(face))
+    torch.manual_seed(1)
+    dfr = DFR(generator.n_latent, generator.style_dim, space.dim)
+    rignets = {}
+    for mode in MODES:
+        net = RigNet(generator.n_latent, generator.style_dim, sum(s.stop - s.start for s in space.slices(MODES[mode])))
+        torch.nn.init.normal_(net.out, std=0.05)  # not the identity, so edits show
+        rignets[mode] = net
+    return StyleRigModel.build(generator, torch.zeros(generator.style_dim), dfr, space, rignets, 0.7, [0.5, 0.55, 1.6])
+
+
+def test_model_folder_round_trip_and_rig_modes(face, generator, tmp_path):
+    model = _model(face, generator)
+    folder = model.save_pretrained(tmp_path / "rig")
+    assert json.loads((folder / "config.json").read_text())["_class_name"] == "StyleRigModel"
+    loaded = StyleRigModel.from_pretrained(folder)
+    w = loaded.latent(5)
+    assert torch.equal(w, model.latent(5)) and not torch.equal(w, model.latent(6))
+    assert torch.equal(loaded.generate(w), model.generate(w))
+    target = _yawed(face, 30.0)
+    assert loaded.rig(w, target, ("rotation",))[1] == "pose"
+    assert loaded.rig(w, target, ("rotation", "light"))[1] == "all"
+    assert not torch.equal(loaded.rig(w, target, ("rotation",))[0], w)
+
+
+def test_style_mix_takes_layer_groups(generator):
+    a, b = torch.zeros(1, generator.n_latent, 32), torch.ones(1, generator.n_latent, 32)
+    took = [style_mix(a, b, g)[0, :, 0] for g in ("coarse", "middle", "fine")]
+    assert torch.equal(sum(took), torch.ones(generator.n_latent))  # every layer in exactly one group
+    assert took[0][0] == 1 and took[2][-1] == 1
+    with pytest.raises(ValueError):
+        style_mix(a, b, "all")
+
+
+def test_to_frame_and_frame_crop_agree(face):
+    """A landmark projected with to_frame lands where frame_crop puts that FFHQ-crop pixel."""
+    from facerig.face3d.camera import project
+
+    frame, size, aligned_size = [0.45, 0.55, 1.6], 32, 256
+    p = face.default_params(1)
+    lmk = face(p).landmarks
+    in_crop = project(lmk, p, "orthographic", aligned_size)[0, :, :2] / aligned_size
+    in_frame = project(lmk, to_frame(p, frame), "orthographic", size)[0, :, :2] / size
+    assert_close(in_frame, torch.tensor(frame[:2]) + (in_crop - 0.5) * frame[2], atol=1e-5)
+    aligned = torch.zeros(3, aligned_size, aligned_size)
+    x, y = (in_crop[30] * aligned_size).long().tolist()  # the nose tip
+    aligned[:, y - 8:y + 8, x - 8:x + 8] = 1.0
+    crop = frame_crop(aligned, frame, size)
+    peak = torch.nonzero(crop[0] == crop[0].max()).float().mean(0).flip(0) + 0.5
+    assert_close(peak / size, in_frame[30], atol=1.5 / size)
+
+
+@pytest.fixture(scope="module")
+def editor(face, generator, tmp_path_factory):
+    from facerig.stylerig.editor import StyleRigEditor
+
+    folder = _model(face, generator).save_pretrained(tmp_path_factory.mktemp("rig") / "model")
+    ed = StyleRigEditor(folder, face_model=face)
+
+    def fake_capture(photo, name=None):  # generated 16 px faces have no dlib face: a fixed fit stands in
+        return Session(name or "image", torch.rand(3, 64, 64), _yawed(face, 5.0))
+
+    ed._capture = fake_capture
+    return ed
+
+
+def test_editor_seeds_edits_and_mixing(editor, face):
+    s = editor.prepare_seed(3)
+    nothing = editor.edit(s, EditSpec())
+    assert torch.equal(nothing.edited, s.cache["stylerig.image"])  # no field edited: no RigNet pass
+    seen = []
+    turned = editor.edit(s, EditSpec(yaw=30.0), on_step=seen.append)
+    again = editor.edit(editor.prepare_seed(3), EditSpec(yaw=30.0))
+    assert torch.equal(turned.edited, again.edited) and not torch.equal(turned.edited, nothing.edited)
+    assert [p.stage for p in seen] == ["generate"]
+    assert turned.target_params.rotation[0, 1] == pytest.approx(np.radians(30.0), abs=1e-4)
+    other = editor.prepare_seed(9)
+    mixed = editor.edit(s, EditSpec(latent_from="x"), {"latent": other})
+    assert not torch.equal(mixed.edited, nothing.edited)
+
+
+def test_editor_projects_a_photo(editor):
+    s = editor.prepare(np.zeros((64, 64, 3), dtype=np.uint8))
+    seen = []
+    result = editor.edit(s, EditSpec(), steps=30, on_step=seen.append)
+    assert [p.stage for p in seen] == ["project"] * 30 + ["generate"]
+    assert result.source.shape == result.edited.shape == (3, 16, 16)
+    start = (editor.model.generate(editor.model.latent_avg[None, None].repeat(1, 6, 1)) - result.source).pow(2).mean()
+    assert (result.edited - result.source).pow(2).mean() < start  # projection got closer than the mean face
+    assert ("stylerig.projection", 30) in s.cache
+
+
+def test_editor_refuses_refine_and_albums():
+    from facerig.stylerig.editor import StyleRigEditor
+
+    with pytest.raises(ValueError, match="refine"):
+        StyleRigEditor.check_options(refine=1)
+    with pytest.raises(ValueError, match="album"):
+        StyleRigEditor("x", shape=torch.zeros(1, 100))
+
+
+def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
+    """All three stages on a random 16 px generator, capture replaced by a fit that reads the image's mean
+    colour into the light (so the DFR has something to learn); a second run resumes from the files."""
+    import facerig.capture.pipeline as pipeline
+    from facerig.stylerig import rig_train
+
+    gen_file = tmp_path / "g.safetensors"
+    save_weights(generator.state_dict(), gen_file, GENERATOR_FORMAT,
+                 {"size": 16, "style_dim": 32, "n_mlp": 2, "channels": CHANNELS})
+
+    class Item:
+        def __init__(self, image):
+            self.image, self.transform = image, np.eye(3)  # the FFHQ crop is the whole (upsampled) image
+
+    class Fit:
+        def __init__(self, items):
+            n = len(items)
+            self.params = _yawed(face, 0.0, n)
+            self.params.light = self.params.light + torch.tensor([float(it.image.mean()) / 255 for it in items])[:, None, None]
+            self.landmark_error = torch.ones(n)
+
+    monkeypatch.setattr(pipeline, "prepare_image", lambda image, size, name: Item(image))
+    monkeypatch.setattr(pipeline.ModelFitter, "fit_items", lambda self, items: Fit(items))
+    monkeypatch.setattr("facerig.face3d.load_model", lambda *a, **k: face)
+    cfg = rig_train.RigTrainConfig(str(gen_file), str(tmp_path / "run"), samples=80, dfr_steps=60, rig_steps=5,
+                                   batch_size=16, modes="pose,light", threads=1)
+    folder = rig_train.train(cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["faces_found"] == 80 and summary["frame"] == pytest.approx([0.5, 0.5, 1.0])
+    report = json.loads((tmp_path / "run" / "dfr.json").read_text())
+    assert report["heldout_samples"] == 8 and report["log"][-1]["l2"] < report["log"][0]["l2"]
+    model = StyleRigModel.from_pretrained(folder)
+    assert sorted(model.rignets) == ["light", "pose"]
+    stamp = (tmp_path / "run" / "dfr.safetensors").stat().st_mtime_ns
+    rig_train.train(cfg)
+    assert (tmp_path / "run" / "dfr.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_cli_refuses_bad_input_in_one_line(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "facerig.cli", *a], capture_output=True, text=True)  # noqa: E731
+    r = run("stylerig", "sample", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr
+    r = run("stylerig", "train", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--modes", "pose,teeth")
+    assert r.returncode == 2 and "modes" in r.stderr
