@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -235,6 +236,11 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     stamp = (tmp_path / "run" / "dfr.safetensors").stat().st_mtime_ns
     rig_train.train(cfg)
     assert (tmp_path / "run" / "dfr.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="samples: 80 -> 96"):
+        rig_train.train(dataclasses.replace(cfg, samples=96))
+    ablation = dataclasses.replace(cfg, out=str(tmp_path / "ablation"), w_consist=0.0, modes="pose", reuse=str(tmp_path / "run"))
+    rig_train.train(ablation)
+    assert not (tmp_path / "ablation" / "data").exists() and (tmp_path / "ablation" / "model" / "model.safetensors").exists()
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path):

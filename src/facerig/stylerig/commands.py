@@ -40,6 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("weights", help="run folder (latest checkpoint), checkpoint folder or generator .safetensors")
     e.add_argument("out", help="the .pt file to write")
     e.set_defaults(func=_gan_export)
+    v = sub.add_parser("evaluate", help="face rate and Frechet distance of dlib embeddings against real photos",
+                       description="Sample N faces; report how often dlib finds a face and the Frechet distance of "
+                                   "dlib embeddings to N real photos, next to real-vs-real (not FID).")
+    v.add_argument("weights", help="run folder, checkpoint folder or generator .safetensors")
+    v.add_argument("--real", required=True, help="folder of real face photos (2N are drawn)")
+    v.add_argument("--n", type=int, default=200)
+    v.add_argument("--truncation", type=float, default=1.0)
+    v.add_argument("--out", help="also write the figures to this JSON file")
+    v.set_defaults(func=_gan_evaluate)
 
     rig = subparsers.add_parser("stylerig", help="rig a StyleGAN with the 3D face model",
                                 description="StyleRig (facerig.stylerig): DFR and RigNet over a frozen generator.")
@@ -91,6 +100,19 @@ def _gan_export(args: argparse.Namespace) -> int:
     from facerig.stylerig.gan_train import export_rosinality
 
     print(f"facerig gan export: wrote {export_rosinality(args.weights, args.out)}")
+    return 0
+
+
+def _gan_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from facerig.io import atomic_write_json
+    from facerig.stylerig.gan_eval import evaluate_generator
+
+    result = evaluate_generator(args.weights, args.real, args.n, args.truncation)
+    if args.out:
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=1))
     return 0
 
 

@@ -36,6 +36,8 @@ from facerig.weights import read_tensors
 CHUNK = 64
 MIN_FACES = 32  # captured faces below which there is nothing to train a DFR on
 HOLDOUT = 0.1  # fraction of captured samples the DFR never trains on
+DFR_WEIGHT_DECAY = 1e-4
+DFR_VALIDATE_EVERY = 250
 
 
 @dataclass
@@ -55,6 +57,7 @@ class RigTrainConfig:
     w_edit: float = option(LossWeights.edit, "L_edit weight (0: the no-L_edit ablation)")
     w_consist: float = option(LossWeights.consist, "L_consist weight (0: the no-L_consist ablation)")
     steering: bool = option(False, "train the steering baseline instead (delta p -> delta w, no w input)")
+    reuse: str | None = option(None, "another run folder whose captures and DFR to use (ablations: same data, same DFR)")
     threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
     seed: int = option(0, "seed of the sampled latents and the networks")
 
@@ -120,6 +123,10 @@ class RigTrainer:
         self.cfg = cfg
         self.threads = runtime.configure_threads(cfg.threads)
         self.out = writable_folder(cfg.out)
+        source = Path(cfg.reuse) if cfg.reuse else self.out
+        if cfg.reuse and not (source / "dfr.safetensors").exists():
+            raise FileNotFoundError(f"{source}: no dfr.safetensors to reuse (run its DFR stage first)")
+        self.data_dir, self.dfr_path = source / "data", source / "dfr.safetensors"
         self.generator = load_generator(cfg.generator).requires_grad_(False)
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -128,7 +135,20 @@ class RigTrainer:
         self.space = ParamSpace(field_sizes(self.face))
         self.template = self.face.default_params(1)
         self.distance = FaceDistance(self.face)
-        atomic_write_json(self.out / "config.json", asdict(cfg))
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """A run continues only with the settings that made its finished stages (threads aside)."""
+        import json
+
+        path, now = self.out / "config.json", asdict(self.cfg)
+        if path.exists():
+            before = json.loads(path.read_text())
+            changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != "threads" and before.get(k) != v]
+            if changed:
+                raise ValueError(f"{self.out} was made with other settings ({'; '.join(changed)}); use a new --out")
+        else:
+            atomic_write_json(path, now)
 
     # ---- stage 1: captured samples ----
     def build_data(self) -> dict[str, torch.Tensor]:
@@ -136,7 +156,7 @@ class RigTrainer:
         from facerig.capture.load import CaptureError
         from facerig.edit.spec import CAPTURE_SIZE
 
-        cfg, folder = self.cfg, self.out / "data"
+        cfg, folder = self.cfg, self.data_dir
         folder.mkdir(exist_ok=True)
         fitter = ModelFitter(CAPTURE_SIZE, "cpu", self.face)
         n_chunks = math.ceil(cfg.samples / CHUNK)
@@ -178,7 +198,7 @@ class RigTrainer:
     def train_dfr(self, data: dict[str, torch.Tensor]) -> DFR:
         from facerig.face3d import FaceParams
 
-        cfg, path = self.cfg, self.out / "dfr.safetensors"
+        cfg, path = self.cfg, self.dfr_path
         params = FaceParams(**{k: data[f"params.{k}"] for k in FaceParams.field_names()})
         raw = torch.cat([getattr(params, k).reshape(params.batch_size, -1) for k in self.space.sizes], 1)
         n = raw.shape[0]
@@ -186,39 +206,51 @@ class RigTrainer:
         order = torch.randperm(n, generator=gen)
         n_val = max(1, int(n * HOLDOUT))
         val, train = order[:n_val], order[n_val:]
-        self.space.mean.copy_(raw[train].mean(0))
-        self.space.std.copy_(raw[train].std(0).clamp_min(1e-3))
         torch.manual_seed(cfg.seed)
         dfr = DFR(self.generator.n_latent, self.generator.style_dim, self.space.dim)
         if path.exists():
             state, _ = read_tensors(path)
             dfr.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("dfr.")})
+            self.space.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("space.")})
             return dfr.eval().requires_grad_(False)
+        self.space.mean.copy_(raw[train].mean(0))
+        self.space.std.copy_(raw[train].std(0).clamp_min(1e-3))
         target = self.space.encode(params)
         w_plus = data["w_plus"]
-        opt = torch.optim.Adam(dfr.parameters(), lr=cfg.lr)
+        truth_val = _index(params, val)
+
+        def losses(pred: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            rendered = self.distance(self.space.decode(pred, self.template), self.space.decode(target[index], self.template))
+            return rendered.mean(), (pred - target[index]).pow(2).mean()
+
+        # A few thousand captures for a 1M-parameter MLP: weight decay, and the weights that did best on the
+        # held-out captures are kept.
+        opt = torch.optim.AdamW(dfr.parameters(), lr=cfg.lr, weight_decay=DFR_WEIGHT_DECAY)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.dfr_steps)
-        log = []
+        log, best, best_state = [], math.inf, None
         bar = tqdm(range(cfg.dfr_steps), desc="DFR")
         for step in bar:
             batch = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-            pred = dfr(w_plus[batch])
-            loss_render = self.distance(self.space.decode(pred, self.template), self.space.decode(target[batch], self.template)).mean()
-            loss_l2 = (pred - target[batch]).pow(2).mean()
-            loss = loss_render + loss_l2
+            loss_render, loss_l2 = losses(dfr(w_plus[batch]), batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss_render + loss_l2).backward()
             opt.step()
             sched.step()
-            if step % 200 == 0 or step == cfg.dfr_steps - 1:
-                log.append({"step": step, "render": float(loss_render.detach()), "l2": float(loss_l2.detach())})
-                bar.set_postfix(render=f"{log[-1]['render']:.2f}", l2=f"{log[-1]['l2']:.3f}")
+            if step % DFR_VALIDATE_EVERY == 0 or step == cfg.dfr_steps - 1:
+                with torch.no_grad():
+                    val_render, _ = losses(dfr(w_plus[val]), val)
+                log.append({"step": step, "render": float(loss_render.detach()), "l2": float(loss_l2.detach()),
+                            "heldout_render": float(val_render)})
+                if float(val_render) < best:
+                    best, best_state = float(val_render), {k: v.clone() for k, v in dfr.state_dict().items()}
+                bar.set_postfix(render=f"{log[-1]['render']:.2f}", heldout=f"{float(val_render):.2f}")
+        dfr.load_state_dict(best_state)
         dfr.eval().requires_grad_(False)
         with torch.no_grad():
             pred = self.space.decode(dfr(w_plus[val]), self.template)
         report = {"train_samples": len(train), "heldout_samples": n_val, "log": log,
-                  "heldout_error": dfr_error(pred, _index(params, val)),
-                  "heldout_render_distance": float(self.distance(pred, _index(params, val)).mean())}
+                  "heldout_error": dfr_error(pred, truth_val),
+                  "heldout_render_distance": float(self.distance(pred, truth_val).mean())}
         atomic_write_json(self.out / "dfr.json", report)
         atomic_save_safetensors({**{f"dfr.{k}": v for k, v in dfr.state_dict().items()},
                                  "space.mean": self.space.mean, "space.std": self.space.std}, path)

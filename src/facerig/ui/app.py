@@ -114,10 +114,16 @@ class Job:
 class RigApp:
     def __init__(self, editor: Editor, rig: str, worker: TorchWorker, preview_size: int = 128):
         self.editor, self.rig, self.worker = editor, rig, worker
+        # A rig that draws faces from seeds (StyleRig) edits in one generator pass: its result comes with
+        # every preview instead of through a job.
+        self.live = hasattr(editor, "prepare_seed")
         self.renderer = Renderer(editor.face, RenderConfig(preview_size))
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.jobs: dict[str, Job] = {}
         self._sessions_lock = threading.Lock()
+
+    def info(self) -> dict:
+        return {"rig": self.rig, "live": self.live}
 
     # -- photos --
 
@@ -138,6 +144,31 @@ class RigApp:
                 session = self.editor.prepare(path, name=Path(filename).stem or "upload")
             except ValueError as exc:  # unreadable, too small or large, no face: the capture's own reason
                 raise UserError(str(exc).replace(str(path), filename)) from None
+        if self.live:
+            with torch.enable_grad():
+                self.editor.project(session)  # once, now: every live preview edits its W+
+        return self._add(session)
+
+    def face(self, body: dict) -> dict:
+        """A face drawn from ``body["seed"]`` by a live rig, as a session like an upload's."""
+        if not self.live:
+            raise UserError(f"the {self.rig} rig draws no faces from seeds; upload a photo")
+        try:
+            seed = int(body.get("seed", 0))
+        except (TypeError, ValueError):
+            raise UserError("seed must be a whole number") from None
+        if not 0 <= seed < 2**31:
+            raise UserError("seed must be in [0, 2^31)")
+
+        def draw() -> dict:
+            try:
+                return self._add(self.editor.prepare_seed(seed))
+            except ValueError as exc:  # e.g. capture finds no face in this sample
+                raise UserError(f"seed {seed}: {exc}") from None
+
+        return self.worker.call(draw)
+
+    def _add(self, session: Session) -> dict:
         sid = uuid.uuid4().hex[:12]
         with self._sessions_lock:
             self.sessions[sid] = session
@@ -221,13 +252,24 @@ class RigApp:
         return self.worker.call(self._preview, body)
 
     def _preview(self, body: dict) -> dict:
+        """Buffers of the edited face model; for a live rig also the edited image and its edit.json."""
         session = self._session(body.get("session"))
         spec, targets = self.spec(body, session)
         with torch.no_grad():
             edited = apply_edit(self.editor.face, session.params, spec, {r: t.params for r, t in targets.items()})
             buf = self.renderer(edited)
         row = [to_uint8_image(buf.rendered[0].clamp(0, 1)), to_uint8_image(buf.normal[0], (-1, 1))]
-        return {"buffers": png_data_url(contact_sheet([row]))}
+        out = {"buffers": png_data_url(contact_sheet([row]))}
+        if self.live:
+            out.update(self._result(self.editor.edit(session, spec, targets), spec, {}))
+        return out
+
+    def _result(self, result, spec: EditSpec, options: dict) -> dict:
+        record = {"edit": spec.to_dict(), "options": {"rig": self.rig, **options},
+                  "source_params": {k: v[0].tolist() for k, v in result.source_params.to_dict().items()},
+                  "target_params": {k: v[0].tolist() for k, v in result.target_params.to_dict().items()}}
+        return {"edited": png_data_url(to_uint8_image(result.edited, (-1, 1))),
+                "source": png_data_url(to_uint8_image(result.source, (-1, 1))), "edit_json": record}
 
     def start_edit(self, body: dict) -> dict:
         session = self._session(body.get("session"))
@@ -257,11 +299,7 @@ class RigApp:
         try:
             job.progress = {"stage": "starting", "index": 0, "total": 0}
             result = self.editor.edit(session, spec, targets, on_step=on_step, **options)
-            record = {"edit": spec.to_dict(), "options": {"rig": self.rig, **options},
-                      "source_params": {k: v[0].tolist() for k, v in result.source_params.to_dict().items()},
-                      "target_params": {k: v[0].tolist() for k, v in result.target_params.to_dict().items()}}
-            job.result = {"edited": png_data_url(to_uint8_image(result.edited, (-1, 1))),
-                          "source": png_data_url(to_uint8_image(result.source, (-1, 1))), "edit_json": record}
+            job.result = self._result(result, spec, options)
         except ValueError as exc:
             job.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported in the page; the server keeps serving

@@ -60,6 +60,8 @@ def make_server(app: RigApp, host: str = "127.0.0.1", port: int = 7860) -> Threa
             url = urlparse(self.path)
             if url.path in ("/", "/index.html"):
                 self._send(200, page, "text/html; charset=utf-8")
+            elif url.path == "/api/info":
+                self._json(200, app.info())
             elif url.path.startswith("/api/job/"):
                 self._answer(app.job, url.path.rsplit("/", 1)[-1])
             else:
@@ -77,7 +79,7 @@ def make_server(app: RigApp, host: str = "127.0.0.1", port: int = 7860) -> Threa
                 return self._json(413, {"error": str(exc)})
             except (ValueError, json.JSONDecodeError):
                 return self._json(400, {"error": "the request body is not JSON"})
-            routes = {"/api/preview": app.preview, "/api/edit": app.start_edit}
+            routes = {"/api/preview": app.preview, "/api/edit": app.start_edit, "/api/face": app.face}
             if url.path not in routes:
                 return self._json(404, {"error": "not found"})
             if not isinstance(body, dict):
