@@ -220,3 +220,32 @@ def test_fixed_point_refinement_makes_inversion_the_samplers_inverse():
         x_T = ddim_invert(model, x0, cond, 10, refine=refine)
         errors.append((ddim_sample(model, x_T, cond, 10, clip_denoised=False) - x0).abs().max().item())
     assert errors[0] > 1e-3 and errors[1] < errors[0] / 5 and errors[2] < 1e-4, errors
+
+
+def test_cond_dropout_trains_items_on_zero_buffers():
+    batch = {"image": torch.rand(64, 3, 8, 8) * 2 - 1, "buffers": torch.rand(64, 9, 8, 8) + 0.5}
+    seen = []
+
+    class Spy(_Echo):
+        def forward(self, x_t, t, buffers, image=None, latent=None):
+            seen.append(buffers)
+            return super().forward(x_t, t, buffers)
+
+    training_loss(Spy(), batch, NoiseSchedule(), generator=torch.Generator().manual_seed(0), cond_dropout=0.25)
+    dropped = (seen[0].flatten(1).abs().sum(1) == 0).float().mean()
+    assert 0.1 < dropped < 0.45 and torch.equal(seen[0][seen[0].flatten(1).any(1)], batch["buffers"][seen[0].flatten(1).any(1)])
+    training_loss(Spy(), batch, NoiseSchedule(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen[1], batch["buffers"])
+
+
+def test_guidance_interpolates_between_null_and_conditional():
+    from facerig.diffusion.process import guided_denoiser_fn
+
+    model = lambda x, t, buffers, latent=None: 0.5 * x + buffers[:, :3] + latent[:, :3, None, None]  # noqa: E731
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 10])
+    cond = {"buffers": torch.rand(2, 9, 8, 8), "latent": torch.randn(2, 64)}
+    cond_eps = model(x, t, cond["buffers"], latent=cond["latent"])
+    null_eps = model(x, t, torch.zeros_like(cond["buffers"]), latent=cond["latent"])
+    assert_close(guided_denoiser_fn(model, 1.0)(x, t, cond), cond_eps, atol=1e-6)
+    assert_close(guided_denoiser_fn(model, 0.0)(x, t, cond), null_eps, atol=1e-6)
+    assert_close(guided_denoiser_fn(model, 3.0)(x, t, cond), null_eps + 3 * (cond_eps - null_eps), atol=1e-5)

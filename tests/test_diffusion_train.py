@@ -176,6 +176,16 @@ def test_log_is_flushed_every_log_every_steps_and_stops_on_nan(dataset, tmp_path
     assert not (out / "latest.json").exists()  # the NaN was caught before any checkpoint
 
 
+def test_cond_dropout_marks_the_model_for_guidance(dataset, full_run, tmp_path):
+    from facerig.diffusion.checkpoint import load_checkpoint
+
+    assert not load_checkpoint(full_run)[1].null_condition
+    train(_cfg(dataset, tmp_path / "cfg", steps=2, sample_every=10, cond_dropout=0.2))
+    assert load_checkpoint(tmp_path / "cfg")[1].null_condition
+    with pytest.raises(ValueError, match="cond_dropout"):
+        _cfg(dataset, tmp_path / "x", cond_dropout=1.0)
+
+
 def test_stage2_needs_init(dataset, tmp_path):
     with pytest.raises(ValueError, match="init"):
         train(_cfg(dataset, tmp_path / "x", stage=2))

@@ -44,6 +44,9 @@ class ModelConfig:
     latent_dim: int = 64
     in_channels: int = 12
     out_channels: int = 3
+    # Trained with condition dropout (``facerig train --cond-dropout``): all-zero buffers then mean "no
+    # condition", and sampling may use classifier-free guidance on the buffers (``--guidance``).
+    null_condition: bool = False
 
     def __post_init__(self):
         if not self.channel_mult:

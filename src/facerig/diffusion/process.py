@@ -115,18 +115,35 @@ def denoiser_fn(model: torch.nn.Module) -> ModelFn:
     return fn
 
 
+def guided_denoiser_fn(model: torch.nn.Module, scale: float) -> ModelFn:
+    """Classifier-free guidance on the buffers: eps_null + ``scale`` (eps_buffers - eps_null), where the null
+    condition is all-zero buffers (the model must be trained with condition dropout); both in one batch.
+    ``scale`` 1 is the plain conditional model, above 1 pushes the result towards the buffers."""
+    def fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        buffers = cond["buffers"].expand(x_t.shape[0], -1, -1, -1)
+        eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([buffers, torch.zeros_like(buffers)]),
+                    latent=torch.cat([cond["latent"], cond["latent"]]))
+        eps_cond, eps_null = eps.chunk(2)
+        return eps_null + scale * (eps_cond - eps_null)
+    return fn
+
+
 def training_loss(model: torch.nn.Module, batch: dict, schedule: NoiseSchedule = DEFAULT_SCHEDULE, gamma: float = 1.0,
-                  k: float = 1.0, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                  k: float = 1.0, generator: torch.Generator | None = None, cond_dropout: float = 0.0) -> dict[str, torch.Tensor]:
     """P2-weighted epsilon-prediction loss of one batch {"image" (B,3,S,S), "buffers" (B,9,S,S)}.
 
     Draws t ~ U{0..T-1} and the noise from ``generator`` (on the image's device); the global latent is
-    encoded from the clean image, so the encoder trains jointly unless frozen. Returns scalar ``loss``
+    encoded from the clean image, so the encoder trains jointly unless frozen. ``cond_dropout``: the share of
+    items whose buffers are replaced by the null condition (zeros), for guidance. Returns scalar ``loss``
     (weighted) and ``mse`` (unweighted), both batch means.
     """
     image, buffers = batch["image"], batch["buffers"]
     b = image.shape[0]
     t = torch.randint(0, schedule.num_train_timesteps, (b,), device=image.device, generator=generator)
     noise = torch.randn(image.shape, device=image.device, dtype=image.dtype, generator=generator)
+    if cond_dropout > 0:
+        keep = torch.rand(b, device=image.device, generator=generator) >= cond_dropout
+        buffers = buffers * keep[:, None, None, None].to(buffers.dtype)
     x_t = schedule.add_noise(image, noise, t)
     eps = model(x_t, t, buffers, image=image)
     per_item = (eps.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))

@@ -36,7 +36,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -81,6 +81,8 @@ class TrainConfig:
     grad_clip: float = option(1.0, "max gradient norm")
     p2_gamma: float = option(1.0, "P2 loss weighting gamma (the paper's 1); 0 = plain MSE")
     p2_k: float = option(1.0, "P2 loss weighting k")
+    cond_dropout: float = option(0.0, "share of items trained with the null condition (zero buffers), so edits can "
+                                      "use --guidance; e.g. 0.1")
     ema: float | None = option(None, "keep EMA weights with this decay, e.g. 0.9999", metavar="DECAY")
     precision: str = option("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
                                   "else fp32", choices=runtime.PRECISIONS)
@@ -107,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"ema decay must be in (0,1), not {self.ema}")
         if self.precision not in runtime.PRECISIONS:
             raise ValueError(f"precision must be one of {runtime.PRECISIONS}, not {self.precision!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), not {self.cond_dropout}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, not {self.lr}")
 
@@ -191,8 +195,10 @@ class Trainer:
             raise ValueError("stage 2 fine-tunes a stage-1 model: give init (--init CKPT)")
         if model_cfg is None:
             model_cfg = get_config(cfg.model or "paper")
-        elif cfg.model is not None and get_config(cfg.model) != model_cfg:
+        elif cfg.model is not None and replace(get_config(cfg.model), null_condition=model_cfg.null_condition) != model_cfg:
             raise ValueError(f"config {cfg.model!r} differs from the checkpoint's model config {model_cfg}")
+        if cfg.cond_dropout > 0:  # the saved config tells the editor that guidance is available
+            model_cfg = replace(model_cfg, null_condition=True)
         self.model_cfg: ModelConfig = model_cfg
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -341,7 +347,7 @@ class Trainer:
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         self.opt.zero_grad(set_to_none=True)
         with runtime.autocast(dev, self.precision):
-            out = training_loss(self.ddp, batch, DEFAULT_SCHEDULE, cfg.p2_gamma, cfg.p2_k, self.generator)
+            out = training_loss(self.ddp, batch, DEFAULT_SCHEDULE, cfg.p2_gamma, cfg.p2_k, self.generator, cfg.cond_dropout)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.opt.step()

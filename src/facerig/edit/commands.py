@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", type=int,
                    help="diffusion: fixed-point iterations per inversion step: 1 brings a no-edit round trip at 50 steps from "
                         "24.5 to 42 dB, 2 at 20 steps to 39 dB; each costs one more model call per step (default 1)")
+    p.add_argument("--guidance", type=float,
+                   help="diffusion: classifier-free guidance on the buffers (1 = off, the default; above 1 pushes the "
+                        "edit harder); needs a model trained with --cond-dropout")
     p.add_argument("--paste-back", action="store_true",
                    help="also write pasted.png: the edit warped back into the original photo, feathered at the crop edge")
     p.add_argument("--device", default="cpu")
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from facerig.io import writable_folder
 
     spec = spec_from_args(args)
-    given = {"steps": args.steps, "seed": args.seed, "invert": args.invert, "refine": args.refine}
+    given = {"steps": args.steps, "seed": args.seed, "invert": args.invert, "refine": args.refine,
+             "guidance": args.guidance}
     options = {k: v for k, v in given.items() if v is not None}  # the rest take the rig's defaults
     editor_class(args.rig).check_options(**options)
     for photo in [args.photo, *spec.target_photos().values()]:

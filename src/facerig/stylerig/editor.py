@@ -8,7 +8,8 @@
   DFR's own, and one generator pass renders the result. ``latent_from`` mixes the other face's fine layers
   (appearance) into the result, as StyleGAN's style mixing does.
 
-StyleRig has no personal models (no album shape) and no DDIM: ``invert`` and ``refine`` do not apply.
+StyleRig has no personal models (no album shape) and no DDIM: ``refine`` and ``guidance`` are refused;
+``invert`` is what projection does anyway.
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ class StyleRigEditor:
         self._capture = SessionCapture(self.face, self.device)
 
     @staticmethod
-    def check_options(steps: int | None = None, seed: int = 0, invert: bool = False, refine: int | None = None) -> None:
-        """``steps``: projection iterations for real photos (default 300); ``invert`` is what projection does
-        anyway; ``refine`` belongs to DDIM inversion and is refused."""
-        if refine is not None:
-            raise ValueError("--refine applies to the diffusion rig only")
+    def check_options(steps: int | None = None, seed: int = 0, invert: bool = False, refine: int | None = None,
+                      guidance: float | None = None) -> None:
+        """``steps``: projection iterations for real photos (default 300); ``refine`` and ``guidance`` belong
+        to DDIM and are refused."""
+        for name, value in (("refine", refine), ("guidance", guidance)):
+            if value is not None:
+                raise ValueError(f"--{name} applies to the diffusion rig only")
         if steps is not None and not 1 <= steps <= MAX_PROJECT_STEPS:
             raise ValueError(f"--steps (projection iterations) must be in [1, {MAX_PROJECT_STEPS}], not {steps}")
         if not 0 <= seed < 2**63:
@@ -109,9 +112,9 @@ class StyleRigEditor:
     @torch.no_grad()
     def edit(self, session: Session, spec: EditSpec, targets: dict[str, Session] | None = None,
              on_step: StepCallback | None = None, *, steps: int | None = None, seed: int = 0, invert: bool = False,
-             refine: int | None = None) -> EditResult:
+             refine: int | None = None, guidance: float | None = None) -> EditResult:
         spec.validate(self.face)
-        self.check_options(steps, seed, invert, refine)
+        self.check_options(steps, seed, invert, refine, guidance)
         targets = targets or {}
         missing = set(spec.target_photos()) - set(targets)
         if missing:
