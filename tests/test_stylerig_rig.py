@@ -249,3 +249,34 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr
     r = run("stylerig", "train", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--modes", "pose,teeth")
     assert r.returncode == 2 and "modes" in r.stderr
+
+
+def test_evaluate_protocol_with_a_stand_in_capture(face, generator, tmp_path, monkeypatch):
+    """The protocol's bookkeeping: every edit scored, the gates and the sheet written. The stand-in capture
+    reads the light's ambient level from the image brightness and knows nothing else, so only light moves."""
+    import facerig.capture.pipeline as pipeline
+    import facerig.eval.identity as identity
+    from facerig.stylerig.evaluate import EDITS, evaluate
+
+    class Item:
+        def __init__(self, image):
+            self.image = image
+
+    class Fit:
+        def __init__(self, items):
+            self.params = _yawed(face, 0.0, len(items))
+            self.params.light = self.params.light * torch.tensor([float(it.image.mean()) / 128 for it in items])[:, None, None]
+
+    monkeypatch.setattr(pipeline, "prepare_image", lambda image, size, name: Item(image))
+    monkeypatch.setattr(pipeline.ModelFitter, "fit_items", lambda self, items: Fit(items))
+    monkeypatch.setattr("facerig.face3d.load_model", lambda *a, **k: face)
+    monkeypatch.setattr(identity, "analyze_face", lambda image, what="": identity.FaceAnalysis(
+        image.reshape(-1, 3).mean(0).astype(np.float64) / 255, None))
+    folder = _model(face, generator).save_pretrained(tmp_path / "model")
+    summary = evaluate(folder, n=5, out=tmp_path / "eval")
+    assert summary["faces"] == 5 and summary["source_face_rate"] == 1.0
+    assert set(summary["edits"]) == set(EDITS) and all(e["items"] == 5 for e in summary["edits"].values())
+    assert summary["edits"]["yaw+30"]["gap_rotation"] == pytest.approx(0.0)  # the stand-in never sees pose
+    assert set(summary["gates"]) == {"yaw_gap_closed", "light_gap_closed", "smile_gap_closed", "jaw_open_gap_closed",
+                                     "identity_median", "drift_within_dfr_error"}
+    assert (tmp_path / "eval" / "sheet.png").exists()

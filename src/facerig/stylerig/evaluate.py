@@ -93,7 +93,9 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     face = load_model()
     fitter = ModelFitter(CAPTURE_SIZE, "cpu", face)
     template = face.default_params(1)
-    per_edit: dict[str, dict[str, list]] = {name: {} for name in EDITS}
+    # The "none" edit needs the simultaneous RigNet; ablation variants may be trained without it.
+    edits = {k: v for k, v in EDITS.items() if k != "none" or "all" in model.rignets}
+    per_edit: dict[str, dict[str, list]] = {name: {} for name in edits}
     dfr_err: dict[str, list] = {}
     sheet_rows: list[list[np.ndarray]] = []
     n_sources = n_found = 0
@@ -112,7 +114,7 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
             dfr_err.setdefault(k, []).extend(v.tolist())
         src_faces = [analyze_face(im, "source") for im in src_images]
         row_images = {"source": src_images}
-        for name, spec in EDITS.items():
+        for name, spec in edits.items():
             target = apply_edit(face, src_params, spec, {})
             if name == "none":  # a RigNet pass asked for DFR's own parameters: what a pass alone changes
                 w_edit = model.rig(w, model.face_params(w, template), MODES["all"])[0]
@@ -142,30 +144,30 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
                 sheet_rows.append([row_images[k][i] for k in row_images])
     Image.fromarray(contact_sheet(sheet_rows)).save(Path(out) / "sheet.png")
 
-    edits = {}
+    results = {}
     for name, rec in per_edit.items():
-        edits[name] = {k: (float(np.mean(v)) if k == "face_found" else _median(v)) for k, v in rec.items()}
-        edits[name]["items"] = len(rec.get("face_found", []))
-    none = edits["none"]
+        results[name] = {k: (float(np.mean(v)) if k == "face_found" else _median(v)) for k, v in rec.items()}
+        results[name]["items"] = len(rec.get("face_found", []))
+    none = results.get("none", {})
     gates = {}
     for gate, (a, b, threshold) in GATES.items():
         field = "rotation" if gate == "yaw" else "light" if gate == "light" else "expression"
         values = per_edit[a].get(f"gap_{field}", []) + (per_edit[b].get(f"gap_{field}", []) if b else [])
         gates[f"{gate}_gap_closed"] = {"value": _median(values), "threshold": threshold, "met": _median(values) >= threshold}
-    identity = [d for name in EDITS if name != "none" for d in per_edit[name]["identity"]]
+    identity = [d for name in per_edit if name != "none" for d in per_edit[name]["identity"]]
     gates["identity_median"] = {"value": _median(identity), "threshold": IDENTITY_GATE, "met": _median(identity) <= IDENTITY_GATE}
     dfr_median = {k: _median(v) for k, v in dfr_err.items()}
     drift_ok = {}
-    for name in EDITS:
-        for key, value in edits[name].items():
+    for name in per_edit:
+        for key, value in results[name].items():
             if key.startswith("drift_"):
                 metric = key[len("drift_"):]
                 drift_ok[f"{name}:{metric}"] = {"value": value, "dfr_error": dfr_median.get(metric), "none_edit": none.get(key),
                                                 "met": bool(value <= dfr_median.get(metric, math.inf))}
     gates["drift_within_dfr_error"] = {"met": all(d["met"] for d in drift_ok.values()), "items": drift_ok}
     summary = {"model": str(model_dir), "faces": n_sources, "source_face_rate": n_found / max(1, n_sources),
-               "dfr_error_median": dfr_median, "edits": edits, "gates": {k: v.get("met") for k, v in gates.items()},
-               "gate_values": gates, "sheet_columns": ["source", *EDITS]}
+               "dfr_error_median": dfr_median, "edits": results, "gates": {k: v.get("met") for k, v in gates.items()},
+               "gate_values": gates, "sheet_columns": ["source", *per_edit]}
     atomic_write_json(Path(out) / "summary.json", summary)
     return summary
 
