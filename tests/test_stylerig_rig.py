@@ -224,23 +224,29 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "prepare_image", lambda image, size, name: Item(image))
     monkeypatch.setattr(pipeline.ModelFitter, "fit_items", lambda self, items: Fit(items))
     monkeypatch.setattr("facerig.face3d.load_model", lambda *a, **k: face)
-    cfg = rig_train.RigTrainConfig(str(gen_file), str(tmp_path / "run"), samples=80, dfr_steps=60, rig_steps=5,
-                                   batch_size=16, modes="pose,light", threads=1)
+    cfg = rig_train.RigTrainConfig(str(gen_file), str(tmp_path / "run"), samples=80, dfr="mlp", dfr_steps=60, rig_steps=5,
+                                   batch_size=16, rig_batch_size=8, modes="pose,light", threads=1)
     folder = rig_train.train(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["faces_found"] == 80 and summary["frame"] == pytest.approx([0.5, 0.5, 1.0])
-    report = json.loads((tmp_path / "run" / "dfr.json").read_text())
+    report = json.loads((tmp_path / "run" / "dfr_mlp.json").read_text())
     assert report["heldout_samples"] == 8 and report["log"][-1]["l2"] < report["log"][0]["l2"]
     model = StyleRigModel.from_pretrained(folder)
     assert sorted(model.rignets) == ["light", "pose"]
-    stamp = (tmp_path / "run" / "dfr.safetensors").stat().st_mtime_ns
+    stamp = (tmp_path / "run" / "dfr_mlp.safetensors").stat().st_mtime_ns
     rig_train.train(cfg)
-    assert (tmp_path / "run" / "dfr.safetensors").stat().st_mtime_ns == stamp
+    assert (tmp_path / "run" / "dfr_mlp.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="samples: 80 -> 96"):
         rig_train.train(dataclasses.replace(cfg, samples=96))
     ablation = dataclasses.replace(cfg, out=str(tmp_path / "ablation"), w_consist=0.0, modes="pose", reuse=str(tmp_path / "run"))
     rig_train.train(ablation)
     assert not (tmp_path / "ablation" / "data").exists() and (tmp_path / "ablation" / "model" / "model.safetensors").exists()
+    assert not (tmp_path / "ablation" / "dfr_mlp.safetensors").exists()  # the reused run's DFR
+    image = dataclasses.replace(cfg, out=str(tmp_path / "image"), dfr="image", reuse=str(tmp_path / "run"), modes="light")
+    model = StyleRigModel.from_pretrained(rig_train.train(image))
+    assert model.config.dfr == "image" and (tmp_path / "image" / "dfr_image.safetensors").exists()
+    w = model.latent(0)
+    assert model.latent_vector(w).shape == (1, model.space.dim)
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path):

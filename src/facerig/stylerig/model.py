@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facerig.face3d import FaceParams
-from facerig.stylerig.rig import DFR, MODES, ParamSpace, RigNet, mix
+from facerig.stylerig.rig import DFR, MODES, ImageDFR, ParamSpace, RigNet, mix
 from facerig.stylerig.stylegan2 import Generator
 from facerig.weights import PretrainedMixin
 
 # Style-mixing layer groups as fractions of the W+ layers (StyleGAN's coarse 4-8 px, middle 16-32 px, fine
 # above, for 1024 px: layers 0-3, 4-7, 8-17 of 18).
+DFR_KINDS = ("mlp", "image")
 MIX_LAYERS = {"coarse": (0.0, 0.25), "middle": (0.25, 0.45), "fine": (0.45, 1.0)}
 
 
@@ -32,6 +33,7 @@ class StyleRigConfig:
     # The FFHQ crop of a generated face, in units of the generated image: centre x, centre y, side.
     frame: list[float] = field(default_factory=lambda: [0.5, 0.5, 1.0])
     steering: bool = False  # RigNets are the steering baseline (delta p -> delta w)
+    dfr: str = "mlp"  # "mlp": the paper's DFR on W+; "image": a CNN on the generated image
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -44,6 +46,8 @@ class StyleRigConfig:
         gen = dict(d["generator"])
         gen["channels"] = {int(k): int(v) for k, v in gen["channels"].items()}
         d["generator"] = gen
+        if d.get("dfr", "mlp") not in DFR_KINDS:
+            raise TypeError(f"unknown DFR kind {d['dfr']!r}")
         unknown = set(d["modes"]) - set(MODES)
         if unknown:
             raise TypeError(f"unknown RigNet modes {sorted(unknown)}")
@@ -61,17 +65,19 @@ class StyleRigModel(PretrainedMixin, nn.Module):
         g = self.generator
         self.register_buffer("latent_avg", torch.zeros(g.style_dim))
         self.space = ParamSpace(config.field_sizes)
-        self.dfr = DFR(g.n_latent, g.style_dim, self.space.dim).requires_grad_(False)
+        dfr = DFR(g.n_latent, g.style_dim, self.space.dim) if config.dfr == "mlp" else ImageDFR(g.size, self.space.dim)
+        self.dfr = dfr.requires_grad_(False)
         self.rignets = nn.ModuleDict({
             mode: RigNet(g.n_latent, g.style_dim, sum(s.stop - s.start for s in self.space.slices(MODES[mode])),
                          steering=config.steering).requires_grad_(False)
             for mode in config.modes})
 
     @classmethod
-    def build(cls, generator: Generator, latent_avg: Tensor, dfr: DFR, space: ParamSpace, rignets: dict[str, RigNet],
-              truncation: float, frame: list[float], steering: bool = False) -> "StyleRigModel":
+    def build(cls, generator: Generator, latent_avg: Tensor, dfr: DFR | ImageDFR, space: ParamSpace,
+              rignets: dict[str, RigNet], truncation: float, frame: list[float], steering: bool = False) -> "StyleRigModel":
         config = StyleRigConfig({"size": generator.size, "style_dim": generator.style_dim, "n_mlp": len(generator.style) - 1,
-                                 "channels": generator.channels}, space.sizes, list(rignets), truncation, list(frame), steering)
+                                 "channels": generator.channels}, space.sizes, list(rignets), truncation, list(frame), steering,
+                                "image" if isinstance(dfr, ImageDFR) else "mlp")
         state = {**{f"generator.{k}": v for k, v in generator.state_dict().items()}, "latent_avg": latent_avg,
                  **{f"space.{k}": v for k, v in space.state_dict().items()},
                  **{f"dfr.{k}": v for k, v in dfr.state_dict().items()},
@@ -94,9 +100,13 @@ class StyleRigModel(PretrainedMixin, nn.Module):
         """Images (B,3,S,S) in [-1,1]; the generator's fixed noise, so one latent gives one image."""
         return self.generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
 
+    def latent_vector(self, w_plus: Tensor) -> Tensor:
+        """DFR's normalised parameter vector of ``w_plus`` (through the generator for an image DFR)."""
+        return self.dfr(w_plus) if self.config.dfr == "mlp" else self.dfr(self.generate(w_plus))
+
     def face_params(self, w_plus: Tensor, template: FaceParams) -> FaceParams:
         """DFR's parameters of ``w_plus``; fields it does not predict from ``template``."""
-        return self.space.decode(self.dfr(w_plus), template)
+        return self.space.decode(self.latent_vector(w_plus), template)
 
     def rig(self, w_plus: Tensor, target: FaceParams, fields: tuple[str, ...]) -> tuple[Tensor, str]:
         """Edited W+ that follows ``target`` in ``fields`` (of rotation, expression, light) and keeps the rest;
@@ -105,7 +115,7 @@ class StyleRigModel(PretrainedMixin, nn.Module):
         if mode not in self.rignets:
             raise ValueError(f"this StyleRig has no RigNet for {sorted(fields)} (it has {sorted(self.rignets)})")
         controlled = MODES[mode]
-        source = self.dfr(w_plus)
+        source = self.latent_vector(w_plus)
         wanted = mix(source, self.space.encode(target), self.space, fields)
         return self.rignets[mode](w_plus, self.space.select(wanted, controlled), self.space.select(source, controlled)), mode
 

@@ -101,6 +101,24 @@ class DFR(nn.Module):
         return self.net(w_plus.flatten(1))
 
 
+class ImageDFR(nn.Module):
+    """Generated images (B,3,S,S) in [-1,1] -> normalised parameter vector: a small CNN (two 3x3 convs per
+    level, stride 2 down to 4x4, 32..256 channels, ELU) and the same MLP head as ``DFR``. Composed with the
+    frozen generator it is a DFR that RigNet can only satisfy by changing the image (see ``rig_train``)."""
+
+    def __init__(self, size: int, dim: int, width: int = 32, hidden: int = 512):
+        super().__init__()
+        layers, c_in, c, res = [], 3, width, size
+        while res > 4:
+            layers += [nn.Conv2d(c_in, c, 3, 1, 1), nn.ELU(), nn.Conv2d(c, c, 3, 2, 1), nn.ELU()]
+            c_in, c, res = c, min(2 * c, 256), res // 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 16, hidden), nn.ELU(), nn.Linear(hidden, dim))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
 class RigNet(nn.Module):
     """(W+, target parameters of the mode, normalised) -> edited W+; every layer has its own weights."""
 
@@ -189,9 +207,10 @@ def mix(base: Tensor, other: Tensor, space: ParamSpace, names: tuple[str, ...]) 
     return out
 
 
-def rignet_losses(rignet: RigNet, dfr: DFR, space: ParamSpace, distance: FaceDistance, template: FaceParams,
+def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance, template: FaceParams,
                   w: Tensor, v: Tensor, mode: str, weights: LossWeights) -> dict[str, Tensor]:
-    """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions."""
+    """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions; ``dfr``
+    maps W+ to the normalised parameter vector (the MLP, or an image DFR over the generator)."""
     controlled = MODES[mode]
     rest = tuple(k for k in FITTED_FIELDS if k not in controlled)
     with torch.no_grad():

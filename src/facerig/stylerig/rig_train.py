@@ -6,8 +6,8 @@ Three resumable stages in one run folder (each skipped when its output exists):
    mixing with probability ``mixing``, so the DFR also sees W+ that are not one repeated w), captured by
    facerig's capture exactly as a photo would be: the fitted parameters, the landmark error, and where the
    FFHQ crop lies in the generated image. Faces dlib does not find are kept as misses (the detection rate).
-2. ``dfr.safetensors``: the DFR regressed onto those captures (``face_distance`` + a small L2 on the
-   normalised vector); ``dfr.json`` holds its error on held-out samples, per parameter, in ``facerig eval``'s
+2. ``dfr_KIND.safetensors``: the DFR regressed onto those captures (``face_distance`` + a small L2 on the
+   normalised vector); ``dfr_KIND.json`` holds its error on held-out samples, per parameter, in ``facerig eval``'s
    units: the "DFR's own error" that unedited parameters are compared against.
 3. ``rignet_MODE.safetensors`` for each mode: RigNet trained self-supervised through the frozen DFR on fresh
    latents (no images needed: the paper's losses live in parameter space once the DFR exists).
@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from facerig import runtime
 from facerig.io import atomic_save_safetensors, atomic_write_json, writable_folder
-from facerig.stylerig.rig import DFR, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, field_sizes, rignet_losses
+from facerig.stylerig.rig import (
+    DFR, MODES, FaceDistance, ImageDFR, LossWeights, ParamSpace, RigNet, field_sizes, rignet_losses,
+)
 from facerig.training import option
 from facerig.weights import read_tensors
 
@@ -48,9 +50,12 @@ class RigTrainConfig:
     samples: int = option(3000, "generated faces captured for the DFR")
     truncation: float = option(0.8, "truncation psi of sampled latents (data, RigNet training, seeds)")
     mixing: float = option(0.5, "probability a data sample mixes two latents at a random layer")
+    dfr: str = option("image", "DFR kind: image (a CNN on the generated image, composed with the frozen generator) or "
+                               "mlp (the paper's MLP on W+)", choices=("image", "mlp"))
     dfr_steps: int = option(6000, "DFR Adam steps")
-    rig_steps: int = option(3000, "Adam steps per RigNet")
-    batch_size: int = option(64, "latents per step")
+    rig_steps: int = option(3000, "Adam steps per RigNet (an image DFR puts the generator in every step: ~1000)")
+    batch_size: int = option(64, "captures per DFR step")
+    rig_batch_size: int = option(64, "latent pairs per RigNet step")
     lr: float = option(1e-3, "Adam learning rate (DFR and RigNet)")
     modes: str = option(",".join(MODES), "RigNets to train: comma-separated of " + ", ".join(MODES))
     w_rec: float = option(LossWeights.rec, "L_rec weight (W+ units)")
@@ -62,7 +67,7 @@ class RigTrainConfig:
     seed: int = option(0, "seed of the sampled latents and the networks")
 
     def __post_init__(self):
-        for name in ("samples", "dfr_steps", "rig_steps", "batch_size"):
+        for name in ("samples", "dfr_steps", "rig_steps", "batch_size", "rig_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if not 0 < self.truncation <= 1 or not 0 <= self.mixing <= 1:
@@ -124,9 +129,12 @@ class RigTrainer:
         self.threads = runtime.configure_threads(cfg.threads)
         self.out = writable_folder(cfg.out)
         source = Path(cfg.reuse) if cfg.reuse else self.out
-        if cfg.reuse and not (source / "dfr.safetensors").exists():
-            raise FileNotFoundError(f"{source}: no dfr.safetensors to reuse (run its DFR stage first)")
-        self.data_dir, self.dfr_path = source / "data", source / "dfr.safetensors"
+        if cfg.reuse and not (source / "data").is_dir():
+            raise FileNotFoundError(f"{source}: no data/ to reuse")
+        # Another run's captures, and its DFR when it trained one of this kind.
+        name = f"dfr_{cfg.dfr}.safetensors"
+        self.data_dir = source / "data"
+        self.dfr_path = source / name if (source / name).exists() else self.out / name
         self.generator = load_generator(cfg.generator).requires_grad_(False)
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -135,6 +143,7 @@ class RigTrainer:
         self.space = ParamSpace(field_sizes(self.face))
         self.template = self.face.default_params(1)
         self.distance = FaceDistance(self.face)
+        self.precision = runtime.resolve_precision("auto", "cpu")
         self._check_settings()
 
     def _check_settings(self) -> None:
@@ -207,7 +216,8 @@ class RigTrainer:
         n_val = max(1, int(n * HOLDOUT))
         val, train = order[:n_val], order[n_val:]
         torch.manual_seed(cfg.seed)
-        dfr = DFR(self.generator.n_latent, self.generator.style_dim, self.space.dim)
+        g = self.generator
+        dfr = DFR(g.n_latent, g.style_dim, self.space.dim) if cfg.dfr == "mlp" else ImageDFR(g.size, self.space.dim)
         if path.exists():
             state, _ = read_tensors(path)
             dfr.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("dfr.")})
@@ -216,7 +226,11 @@ class RigTrainer:
         self.space.mean.copy_(raw[train].mean(0))
         self.space.std.copy_(raw[train].std(0).clamp_min(1e-3))
         target = self.space.encode(params)
-        w_plus = data["w_plus"]
+        if cfg.dfr == "mlp":
+            inputs = data["w_plus"]
+        else:  # the images the latents render (fixed noise), computed once
+            with torch.no_grad():
+                inputs = torch.cat([render_latents(g, w) for w in data["w_plus"].split(256)])
         truth_val = _index(params, val)
 
         def losses(pred: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,14 +245,14 @@ class RigTrainer:
         bar = tqdm(range(cfg.dfr_steps), desc="DFR")
         for step in bar:
             batch = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-            loss_render, loss_l2 = losses(dfr(w_plus[batch]), batch)
+            loss_render, loss_l2 = losses(dfr(inputs[batch]), batch)
             opt.zero_grad(set_to_none=True)
             (loss_render + loss_l2).backward()
             opt.step()
             sched.step()
             if step % DFR_VALIDATE_EVERY == 0 or step == cfg.dfr_steps - 1:
                 with torch.no_grad():
-                    val_render, _ = losses(dfr(w_plus[val]), val)
+                    val_render, _ = losses(dfr(inputs[val]), val)
                 log.append({"step": step, "render": float(loss_render.detach()), "l2": float(loss_l2.detach()),
                             "heldout_render": float(val_render)})
                 if float(val_render) < best:
@@ -247,17 +261,30 @@ class RigTrainer:
         dfr.load_state_dict(best_state)
         dfr.eval().requires_grad_(False)
         with torch.no_grad():
-            pred = self.space.decode(dfr(w_plus[val]), self.template)
+            pred = self.space.decode(dfr(inputs[val]), self.template)
         report = {"train_samples": len(train), "heldout_samples": n_val, "log": log,
                   "heldout_error": dfr_error(pred, truth_val),
                   "heldout_render_distance": float(self.distance(pred, truth_val).mean())}
-        atomic_write_json(self.out / "dfr.json", report)
+        atomic_write_json(self.dfr_path.with_suffix(".json"), report)
         atomic_save_safetensors({**{f"dfr.{k}": v for k, v in dfr.state_dict().items()},
                                  "space.mean": self.space.mean, "space.std": self.space.std}, path)
         return dfr
 
     # ---- stage 3: RigNets ----
-    def train_rignet(self, dfr: DFR, mode: str) -> RigNet:
+    def latent_dfr(self, dfr: DFR | ImageDFR):
+        """W+ -> normalised parameters: the MLP itself, or the image DFR over the frozen generator (bf16 where
+        the CPU computes it), through which RigNet's gradient then runs."""
+        if isinstance(dfr, DFR):
+            return dfr
+
+        def through_generator(w_plus: torch.Tensor) -> torch.Tensor:
+            with runtime.autocast("cpu", self.precision):
+                images = self.generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
+                return dfr(images).float()
+
+        return through_generator
+
+    def train_rignet(self, dfr: DFR | ImageDFR, mode: str) -> RigNet:
         cfg = self.cfg
         path = self.out / f"rignet_{mode}.safetensors"
         n_params = sum(s.stop - s.start for s in self.space.slices(MODES[mode]))
@@ -268,14 +295,15 @@ class RigTrainer:
             rignet.load_state_dict(state)
             return rignet.eval()
         gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
+        latent_dfr = self.latent_dfr(dfr)
         opt = torch.optim.Adam(rignet.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.rig_steps)
         log, bar = [], tqdm(range(cfg.rig_steps), desc=f"RigNet {mode}")
         for step in bar:
             with torch.no_grad():
-                w = sample_latents(self.generator, cfg.batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
-                v = sample_latents(self.generator, cfg.batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
-            losses = rignet_losses(rignet, dfr, self.space, self.distance, self.template, w, v, mode, cfg.loss_weights)
+                w = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
+                v = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
+            losses = rignet_losses(rignet, latent_dfr, self.space, self.distance, self.template, w, v, mode, cfg.loss_weights)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
