@@ -23,6 +23,7 @@ from facerig.edit import EditProgress, EditResult, EditSpec, Session, SessionCap
 from facerig.face3d import MorphableModel, load_model
 from facerig.render import Renderer, RenderConfig
 from facerig.stylerig.model import StyleRigModel, frame_crop, style_mix, to_frame
+from facerig.stylerig.rig_train import to_uint8
 
 DEFAULT_PROJECT_STEPS = 300
 MAX_PROJECT_STEPS = 5000
@@ -35,11 +36,6 @@ EDIT_FIELDS = {"light": ("light_from", "light_dir", "light_intensity"), "rotatio
 def edited_fields(spec: EditSpec) -> tuple[str, ...]:
     """The parameter fields (rotation, expression, light) an edit changes."""
     return tuple(f for f, names in EDIT_FIELDS.items() if any(getattr(spec, n) not in (None, {}) for n in names))
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3,S,S) in [-1,1] -> (S,S,3) uint8."""
-    return ((image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 class StyleRigEditor:
@@ -78,7 +74,7 @@ class StyleRigEditor:
         """The generator's face for ``seed``, captured like a photo; its latent is known, nothing to project."""
         w = self.model.latent(seed, truncation).to(self.device)
         image = self.model.generate(w)[0]
-        session = self._capture(to_uint8(image), name=f"seed_{seed}")
+        session = self._capture(to_uint8(image[None])[0], name=f"seed_{seed}")
         session.cache.update({"stylerig.w": w, "stylerig.image": image})
         return session
 

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from facerig.edit import EditSpec, apply_edit
 from facerig.face3d import FaceParams
-from facerig.stylerig.editor import edited_fields, to_uint8
+from facerig.stylerig.editor import edited_fields
+from facerig.stylerig.rig_train import capture_images, to_uint8
 from facerig.stylerig.rig import MODES
 
 SEED_BASE = 100_000
@@ -41,21 +42,6 @@ GATES = {"yaw": ("yaw+30", "yaw-30", 0.6), "light": ("light_left", "light_right"
          "jaw_open": ("jaw_open", None, 0.4)}
 IDENTITY_GATE = 0.4
 BATCH = 32
-
-
-def _capture_batch(fitter, images: np.ndarray) -> tuple[FaceParams | None, np.ndarray]:
-    """Capture (B,S,S,3) uint8 images; returns the parameters of those with a face and which had one."""
-    from facerig.capture.load import CaptureError
-    from facerig.capture.pipeline import prepare_image
-
-    items, found = [], np.zeros(len(images), dtype=bool)
-    for i, image in enumerate(images):
-        try:
-            items.append(prepare_image(image, fitter.size, f"image {i}"))
-            found[i] = True
-        except CaptureError:
-            pass
-    return (fitter.fit_items(items).params.detach() if items else None), found
 
 
 def _select(params: FaceParams, mask: np.ndarray) -> FaceParams:
@@ -102,8 +88,9 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     for start in tqdm(range(0, n, BATCH), desc="stylerig evaluate"):
         seeds = range(SEED_BASE + start, SEED_BASE + min(n, start + BATCH))
         w = torch.cat([model.latent(s) for s in seeds])
-        src_images = to_uint8_batch(model.generate(w))
-        src_params, found = _capture_batch(fitter, src_images)
+        src_images = to_uint8(model.generate(w))
+        _, found, fit = capture_images(fitter, src_images)
+        src_params = fit.params.detach() if fit is not None else None
         n_sources += len(seeds)
         n_found += int(found.sum())
         if src_params is None:
@@ -120,9 +107,10 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
                 w_edit = model.rig(w, model.face_params(w, template), MODES["all"])[0]
             else:
                 w_edit = model.rig(w, target, edited_fields(spec))[0]
-            images = to_uint8_batch(model.generate(w_edit))
+            images = to_uint8(model.generate(w_edit))
             row_images[name] = images
-            recaptured, ok = _capture_batch(fitter, images)
+            _, ok, fit = capture_images(fitter, images)
+            recaptured = fit.params.detach() if fit is not None else None
             rec = per_edit[name]
             rec.setdefault("face_found", []).extend(ok.tolist())
             rec.setdefault("identity", []).extend(
@@ -171,6 +159,3 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     atomic_write_json(Path(out) / "summary.json", summary)
     return summary
 
-
-def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
-    return np.stack([to_uint8(im) for im in images])

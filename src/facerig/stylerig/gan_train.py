@@ -447,12 +447,17 @@ def load_generator(path: str | Path) -> Generator:
 
 
 @torch.no_grad()
+def truncation_centre(g: Generator, n_mean: int = 4096) -> Tensor:
+    """(style_dim,) the mean W of ``n_mean`` z drawn with seed 0: the truncation centre of our generators."""
+    return g.style(torch.randn(n_mean, g.style_dim, generator=torch.Generator().manual_seed(0))).mean(0)
+
+
+@torch.no_grad()
 def export_rosinality(path: str | Path, out: str | Path, n_mean: int = 4096) -> Path:
     """Write ``path``'s generator as a rosinality ``.pt`` ({"g_ema", "latent_avg"}) for ``load_rosinality``;
-    ``latent_avg`` (style_dim,) is the mean W of ``n_mean`` z drawn with seed 0, the truncation centre."""
+    ``latent_avg`` is ``truncation_centre``."""
     g = load_generator(path)
-    z = torch.randn(n_mean, g.style_dim, generator=torch.Generator().manual_seed(0))
     buf = io.BytesIO()
-    torch.save({"g_ema": g.state_dict(), "latent_avg": g.style(z).mean(0)}, buf)
+    torch.save({"g_ema": g.state_dict(), "latent_avg": truncation_centre(g, n_mean)}, buf)
     atomic_write_bytes(out, buf.getvalue())
     return Path(out)

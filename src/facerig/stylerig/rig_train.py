@@ -107,7 +107,24 @@ def render_latents(generator, w_plus: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    return ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    """(B,3,S,S) in [-1,1] -> (B,S,S,3) uint8."""
+    return ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def capture_images(fitter, images: np.ndarray) -> tuple[list, np.ndarray, object | None]:
+    """Capture (B,S,S,3) uint8 generated images as photos are captured: the prepared faces, which images had
+    one (dlib), and the batched fit of those (None when none had)."""
+    from facerig.capture.load import CaptureError
+    from facerig.capture.pipeline import prepare_image
+
+    items, found = [], np.zeros(len(images), dtype=bool)
+    for i, image in enumerate(images):
+        try:
+            items.append(prepare_image(image, fitter.size, f"image {i}"))
+            found[i] = True
+        except CaptureError:
+            pass
+    return items, found, (fitter.fit_items(items) if items else None)
 
 
 def crop_frame(transform: np.ndarray, image_size: int, upsampled: int) -> np.ndarray:
@@ -123,7 +140,7 @@ def crop_frame(transform: np.ndarray, image_size: int, upsampled: int) -> np.nda
 class RigTrainer:
     def __init__(self, cfg: RigTrainConfig):
         from facerig.face3d import load_model
-        from facerig.stylerig.gan_train import load_generator
+        from facerig.stylerig.gan_train import load_generator, truncation_centre
 
         self.cfg = cfg
         self.threads = runtime.configure_threads(cfg.threads)
@@ -136,9 +153,7 @@ class RigTrainer:
         self.data_dir = source / "data"
         self.dfr_path = source / name if (source / name).exists() else self.out / name
         self.generator = load_generator(cfg.generator).requires_grad_(False)
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.latent_avg = self.generator.style(torch.randn(4096, self.generator.style_dim, generator=gen)).mean(0)
+        self.latent_avg = truncation_centre(self.generator)
         self.face = load_model()
         self.space = ParamSpace(field_sizes(self.face))
         self.template = self.face.default_params(1)
@@ -161,8 +176,7 @@ class RigTrainer:
 
     # ---- stage 1: captured samples ----
     def build_data(self) -> dict[str, torch.Tensor]:
-        from facerig.capture.pipeline import ModelFitter, prepare_image
-        from facerig.capture.load import CaptureError
+        from facerig.capture.pipeline import ModelFitter
         from facerig.edit.spec import CAPTURE_SIZE
 
         cfg, folder = self.cfg, self.data_dir
@@ -178,16 +192,10 @@ class RigTrainer:
             with torch.no_grad():
                 w_plus = sample_latents(self.generator, n, gen, cfg.truncation, self.latent_avg, cfg.mixing)
             images = to_uint8(render_latents(self.generator, w_plus))
-            items, found = [], torch.zeros(n, dtype=torch.bool)
-            for i, image in enumerate(images):
-                try:
-                    items.append(prepare_image(image, CAPTURE_SIZE, f"sample {i}"))
-                    found[i] = True
-                except CaptureError:
-                    pass
+            items, found, fit = capture_images(fitter, images)
+            found = torch.from_numpy(found)
             tensors = {"w_plus": w_plus[found].contiguous(), "found": found}
-            if items:
-                fit = fitter.fit_items(items)
+            if fit is not None:
                 tensors.update({f"params.{k}": v.detach().float().contiguous() for k, v in fit.params.to_dict().items()})
                 tensors["landmark_error"] = fit.landmark_error.detach()
                 tensors["frame"] = torch.tensor(np.stack([crop_frame(it.transform, images.shape[1], CAPTURE_SIZE)
