@@ -44,10 +44,6 @@ IDENTITY_GATE = 0.4
 BATCH = 32
 
 
-def _select(params: FaceParams, mask: np.ndarray) -> FaceParams:
-    return params.map(lambda t: t[torch.from_numpy(mask)])
-
-
 def _errors(a: FaceParams, b: FaceParams) -> dict[str, torch.Tensor]:
     from facerig.eval.edit_accuracy import param_errors
 
@@ -117,7 +113,8 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
                 embedding_distance(s.embedding, analyze_face(im, name).embedding) for s, im in zip(src_faces, images))
             if recaptured is None:
                 continue
-            src_ok, tgt_ok = _select(src_params, ok), _select(target, ok)
+            mask = torch.from_numpy(ok)
+            src_ok, tgt_ok = src_params[mask], target[mask]
             before, after = _errors(src_ok, tgt_ok), _errors(recaptured, tgt_ok)
             drift = _errors(recaptured, src_ok)
             for field in ("rotation", "light", "expression"):

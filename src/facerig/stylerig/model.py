@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from facerig.face3d import FaceParams
 from facerig.stylerig.rig import DFR, MODES, ImageDFR, ParamSpace, RigNet, mix
+from facerig.stylerig.rig_train import render_latents
 from facerig.stylerig.stylegan2 import Generator
 from facerig.weights import PretrainedMixin
 
@@ -98,7 +99,7 @@ class StyleRigModel(PretrainedMixin, nn.Module):
 
     def generate(self, w_plus: Tensor) -> Tensor:
         """Images (B,3,S,S) in [-1,1]; the generator's fixed noise, so one latent gives one image."""
-        return self.generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
+        return render_latents(self.generator, w_plus)
 
     def latent_vector(self, w_plus: Tensor) -> Tensor:
         """DFR's normalised parameter vector of ``w_plus`` (through the generator for an image DFR)."""

@@ -100,9 +100,9 @@ def sample_latents(generator, n: int, gen: torch.Generator, truncation: float, l
     return torch.where(take_b, b.expand_as(a), a)
 
 
-@torch.no_grad()
 def render_latents(generator, w_plus: torch.Tensor) -> torch.Tensor:
-    """Images (B,3,S,S) in [-1,1] with the generator's fixed noise (same latent, same image)."""
+    """Images (B,3,S,S) in [-1,1] with the generator's fixed noise (same latent, same image); differentiable
+    in ``w_plus`` (the generator itself is frozen wherever this is used)."""
     return generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
 
 
@@ -239,7 +239,7 @@ class RigTrainer:
         else:  # the images the latents render (fixed noise), computed once
             with torch.no_grad():
                 inputs = torch.cat([render_latents(g, w) for w in data["w_plus"].split(256)])
-        truth_val = _index(params, val)
+        truth_val = params[val]
 
         def losses(pred: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             rendered = self.distance(self.space.decode(pred, self.template), self.space.decode(target[index], self.template))
@@ -287,8 +287,7 @@ class RigTrainer:
 
         def through_generator(w_plus: torch.Tensor) -> torch.Tensor:
             with runtime.autocast("cpu", self.precision):
-                images = self.generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
-                return dfr(images).float()
+                return dfr(render_latents(self.generator, w_plus)).float()
 
         return through_generator
 
@@ -345,10 +344,6 @@ class RigTrainer:
             "seconds_this_run": round(time.time() - start, 1), "threads": self.threads,
         })
         return folder
-
-
-def _index(params, index: torch.Tensor):
-    return params.map(lambda t: t[index])
 
 
 def dfr_error(predicted, captured) -> dict[str, float]:
