@@ -153,3 +153,38 @@ def test_fused_norm_inference_path_equals_the_autograd_path():
     with_grad = norm_film_silu(norm, x, scale, shift)
     with torch.no_grad():
         assert_close(norm_film_silu(norm, x, scale, shift), with_grad.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [4, 16, 32])
+def test_fused_norm_on_channels_last_bf16_maps_matches_channels_first(size):
+    # Maps of at most 16x16 take their statistics from a channels-first copy; larger ones GroupNorm's own kernel.
+    from facerig.diffusion.unet import _NormFiLMSiLU
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 96, size, size, generator=g).mul(2).add(0.5)
+    w, b = torch.randn(96, generator=g), torch.randn(96, generator=g)
+    scale, shift = torch.randn(3, 96, generator=g), torch.randn(3, 96, generator=g)
+    reference = F.silu(F.group_norm(x, 32, w, b, 1e-5) * scale[..., None, None] + shift[..., None, None])
+    x_cl = x.bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = _NormFiLMSiLU.apply(x_cl, w, b, scale, shift, 32, 1e-5)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out.float(), reference, atol=0.05, rtol=0.02)
+    out.float().pow(2).sum().backward()
+    x_ref = x.bfloat16().requires_grad_()
+    _NormFiLMSiLU.apply(x_ref, w, b, scale, shift, 32, 1e-5).float().pow(2).sum().backward()
+    assert x_cl.grad.is_contiguous(memory_format=torch.channels_last)
+    rel = (x_cl.grad.float() - x_ref.grad.float()).norm() / x_ref.grad.float().norm()
+    assert rel < 0.02
+
+
+def test_fast_dropout_keeps_the_channels_last_layout():
+    # A mask in another layout than the activation would turn output and gradient channels-first.
+    drop = FastDropout(0.5)
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = drop(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    kept = y != 0
+    assert_close(y[kept], x[kept] * 2)
+    y.backward(torch.ones_like(y))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x.grad != 0, kept)

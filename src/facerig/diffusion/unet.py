@@ -44,9 +44,7 @@ class _NormFiLMSiLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, scale, shift, groups: int, eps: float):
-        b, c = x.shape[:2]
-        x = _canonical_batch_stride(x)
-        xhat, _, rstd = torch.native_group_norm(x, None, None, b, c, x.numel() // (b * c), groups, eps)
+        xhat, rstd = _group_normalize(x, groups, eps)
         a = weight * scale
         z = torch.addcmul((bias * scale + shift).to(x.dtype)[..., None, None], xhat, a.to(x.dtype)[..., None, None])
         ctx.save_for_backward(xhat, z, rstd, weight, bias, scale, a)
@@ -75,6 +73,31 @@ class _NormFiLMSiLU(torch.autograd.Function):
                 (g_a * weight + g_c * bias).to(scale.dtype), g_c.to(scale.dtype), None, None)
 
 
+def _group_normalize(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm without affine: the normalised ``x`` in its dtype and layout, and rstd (B, groups).
+
+    On CPU, channels_last maps of at most 16x16 take a slow GroupNorm kernel (0.82 ms for bf16 8x96x16x16,
+    against 0.07 ms for a copy to channels-first plus the channels-first kernel), so there the statistics
+    come from a channels-first copy (float32 at least) and the normalisation is one multiply-add in ``x``'s
+    layout.
+    """
+    b, c = x.shape[:2]
+    hw = x.numel() // (b * c)
+    x = _canonical_batch_stride(x)
+    if x.device.type != "cpu" or hw > 256 or x.is_contiguous() or x.dim() != 4:
+        xhat, _, rstd = torch.native_group_norm(x, None, None, b, c, hw, groups, eps)
+        return xhat, rstd
+    stats_input = x.to(torch.promote_types(x.dtype, torch.float32), memory_format=torch.contiguous_format)
+    _, mean, rstd = torch.native_group_norm(stats_input, None, None, b, c, hw, groups, eps)
+    per_channel = lambda t: t.repeat_interleave(c // groups, 1).to(x.dtype)[..., None, None]  # noqa: E731
+    return torch.addcmul(per_channel(-mean * rstd), x, per_channel(rstd)), rstd
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x``'s elements fill its storage span exactly once (some permutation of a contiguous tensor)."""
+    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _canonical_batch_stride(x: torch.Tensor) -> torch.Tensor:
     """A batch of one may carry any batch stride (e.g. from cat), which GroupNorm's layout check refuses."""
     if x.shape[0] == 1 and x.stride(0) != x[0].numel():
@@ -92,9 +115,7 @@ def norm_film_silu(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | No
         return _NormFiLMSiLU.apply(x, norm.weight, norm.bias, scale, shift, norm.num_groups, norm.eps)
     # Inference: nothing to keep for a backward pass, so one buffer is normalised, modulated and activated
     # in place (two passes and two allocations fewer).
-    b, c = x.shape[:2]
-    x = _canonical_batch_stride(x)
-    h = torch.native_group_norm(x, None, None, b, c, x.numel() // (b * c), norm.num_groups, norm.eps)[0]
+    h = _group_normalize(x, norm.num_groups, norm.eps)[0]
     shift = (norm.bias * scale + shift).to(x.dtype)[..., None, None]
     return F.silu(torch.addcmul(shift, h, (norm.weight * scale).to(x.dtype)[..., None, None], out=h), inplace=True)
 
@@ -111,7 +132,10 @@ class _MaskDropout(torch.autograd.Function):
     def forward(ctx, x, p: float):
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
-        keep = (bits.view(torch.int16)[:n] >= round(-32768 + p * 65536)).view(x.shape)
+        keep = bits.view(torch.int16)[:n] >= round(-32768 + p * 65536)
+        # The draws are i.i.d., so the mask takes x's strides as they are: a mask in another layout than x
+        # (channels_last) would turn the output and the gradient into that layout, with copies at every conv.
+        keep = keep.as_strided(x.shape, x.stride()) if _dense(x) else keep.view(x.shape)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return torch.where(keep, x, 0).mul_(ctx.scale)
