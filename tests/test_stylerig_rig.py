@@ -13,10 +13,10 @@ from facerig.face3d import FaceParams
 from facerig.face3d.ict import load_ict
 from facerig.face3d.light import directional_light
 from facerig.face3d.rotation import euler_to_axis_angle
-from facerig.stylerig.gan_train import GENERATOR_FORMAT
+from facerig.stylerig.gan_train import DISCRIMINATOR_FORMAT, GENERATOR_FORMAT
 from facerig.stylerig.model import StyleRigModel, frame_crop, style_mix, to_frame
 from facerig.stylerig.rig import DFR, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, field_sizes, mix, rignet_losses
-from facerig.stylerig.stylegan2 import Generator
+from facerig.stylerig.stylegan2 import Discriminator, Generator
 from facerig.weights import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,14 +96,21 @@ def test_rignet_losses_train(face):
     assert float(losses["edit"].detach()) < 0.5 * first
     no_consist = rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(consist=0.0))
     assert float(no_consist["consist"]) == 0.0
+    # The realism term: a per-item loss on the edited latents, averaged over both directions.
+    realism = lambda w_plus: w_plus.pow(2).mean((1, 2))  # noqa: E731
+    real = rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(real=2.0), realism)
+    assert float(real["real"]) > 0
+    assert_close(real["total"], real["rec"] + real["edit"] + real["consist"] + 2 * real["real"], rtol=1e-5)
+    with pytest.raises(ValueError, match="realism"):
+        rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(real=1.0))
 
 
-def _model(face, generator) -> StyleRigModel:
+def _model(face, generator, modes=tuple(MODES)) -> StyleRigModel:
     space = ParamSpace(field_sizes(face))
     torch.manual_seed(1)
     dfr = DFR(generator.n_latent, generator.style_dim, space.dim)
     rignets = {}
-    for mode in MODES:
+    for mode in modes:
         net = RigNet(generator.n_latent, generator.style_dim, sum(s.stop - s.start for s in space.slices(MODES[mode])))
         torch.nn.init.normal_(net.out, std=0.05)  # not the identity, so edits show
         rignets[mode] = net
@@ -234,6 +241,9 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     model = StyleRigModel.from_pretrained(folder)
     assert sorted(model.rignets) == ["light", "pose"]
     stamp = (tmp_path / "run" / "dfr_mlp.safetensors").stat().st_mtime_ns
+    settings = json.loads((tmp_path / "run" / "config.json").read_text())
+    del settings["w_real"]  # a run made before the option existed resumes: the option counts as its default
+    (tmp_path / "run" / "config.json").write_text(json.dumps(settings))
     rig_train.train(cfg)
     assert (tmp_path / "run" / "dfr_mlp.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="samples: 80 -> 96"):
@@ -247,6 +257,28 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     assert model.config.dfr == "image" and (tmp_path / "image" / "dfr_image.safetensors").exists()
     w = model.latent(0)
     assert model.latent_vector(w).shape == (1, model.space.dim)
+    # The realism term needs the discriminator trained beside the generator: a lone G file has none.
+    real = dataclasses.replace(cfg, out=str(tmp_path / "real"), w_real=1.0, modes="light", reuse=str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="discriminator"):
+        rig_train.train(real)
+    checkpoint = tmp_path / "gan" / "step_00000001"
+    checkpoint.mkdir(parents=True)
+    save_weights(generator.state_dict(), checkpoint / "g_ema.safetensors", GENERATOR_FORMAT,
+                 {"size": 16, "style_dim": 32, "n_mlp": 2, "channels": CHANNELS})
+    torch.manual_seed(0)
+    save_weights(Discriminator(16, channels=CHANNELS).state_dict(), checkpoint / "discriminator.safetensors",
+                 DISCRIMINATOR_FORMAT, {"size": 16, "channels": CHANNELS})
+    rig_train.train(dataclasses.replace(real, generator=str(checkpoint), out=str(tmp_path / "real2")))
+    log = json.loads((tmp_path / "real2" / "rignet_light.json").read_text())["log"]
+    assert all(entry["real"] > 0 for entry in log)
+    # Per-mode weights override the run's: here the realism term is switched off for light.
+    per_mode = dataclasses.replace(real, out=str(tmp_path / "real3"), mode_weights="light:real=0, consist=2")
+    assert per_mode.weights_for("light") == LossWeights(1.0, 1.0, 2.0, 0.0) and per_mode.weights_for("pose").real == 1.0
+    rig_train.train(per_mode)  # no discriminator needed: no RigNet uses one
+    assert all(e["real"] == 0 for e in json.loads((tmp_path / "real3" / "rignet_light.json").read_text())["log"])
+    for bad in ("smile:edit=1", "light:edit", "light:edits=1", "light:edit=-1", "light:edit=nan"):
+        with pytest.raises(ValueError, match="mode_weights"):
+            dataclasses.replace(cfg, mode_weights=bad)
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path):
@@ -286,3 +318,8 @@ def test_evaluate_protocol_with_a_stand_in_capture(face, generator, tmp_path, mo
     assert set(summary["gates"]) == {"yaw_gap_closed", "light_gap_closed", "smile_gap_closed", "jaw_open_gap_closed",
                                      "identity_median", "drift_within_dfr_error"}
     assert (tmp_path / "eval" / "sheet.png").exists()
+    # A variant with some RigNets only (an ablation): the edits it can make, and their gates.
+    partial = _model(face, generator, modes=("light",)).save_pretrained(tmp_path / "light_only")
+    summary = evaluate(partial, n=2, out=tmp_path / "eval_light")
+    assert set(summary["edits"]) == {"light_left", "light_right"}
+    assert set(summary["gates"]) == {"light_gap_closed", "identity_median", "drift_within_dfr_error"}

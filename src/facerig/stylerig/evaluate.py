@@ -75,8 +75,9 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     face = load_model()
     fitter = ModelFitter(CAPTURE_SIZE, "cpu", face)
     template = face.default_params(1)
-    # The "none" edit needs the simultaneous RigNet; ablation variants may be trained without it.
-    edits = {k: v for k, v in EDITS.items() if k != "none" or "all" in model.rignets}
+    # Variants may be trained without some RigNets (ablations skip the simultaneous one, which "none" needs).
+    edits = {k: v for k, v in EDITS.items() if "all" in model.rignets
+             or (k != "none" and any(set(MODES[m]) == set(edited_fields(v)) for m in model.rignets))}
     per_edit: dict[str, dict[str, list]] = {name: {} for name in edits}
     dfr_err: dict[str, list] = {}
     sheet_rows: list[list[np.ndarray]] = []
@@ -137,6 +138,8 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     gates = {}
     for gate, (a, b, threshold) in GATES.items():
         field = "rotation" if gate == "yaw" else "light" if gate == "light" else "expression"
+        if a not in per_edit:
+            continue
         values = per_edit[a].get(f"gap_{field}", []) + (per_edit[b].get(f"gap_{field}", []) if b else [])
         gates[f"{gate}_gap_closed"] = {"value": _median(values), "threshold": threshold, "met": _median(values) >= threshold}
     identity = [d for name in per_edit if name != "none" for d in per_edit[name]["identity"]]

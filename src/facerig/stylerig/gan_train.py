@@ -418,32 +418,44 @@ def train(cfg: GanTrainConfig) -> Path:
 
 # ---- trained generators ----
 
-def generator_file(path: str | Path) -> Path:
-    """The weights file of ``path``: itself (a .safetensors), a checkpoint folder's G_ema, a run's latest G_ema."""
+def generator_file(path: str | Path, name: str = G_EMA_FILE) -> Path:
+    """The weights file of ``path``: itself (a .safetensors), a checkpoint folder's ``name`` (G_ema by
+    default), a run's latest checkpoint's."""
     path = Path(path)
     if path.is_dir():
         if (path / LATEST_FILE).exists():
             path = _latest(path)
-        path = path / G_EMA_FILE
+        path = path / name
     return path
 
 
-def load_generator(path: str | Path) -> Generator:
-    """A trained generator (CPU, eval mode) from a weights file, checkpoint or run folder (``generator_file``)."""
-    file = generator_file(path)
+def _load_network(file: Path, fmt: str, build: Callable[..., nn.Module]) -> nn.Module:
     state, meta = read_tensors(file)
-    if meta.get("format") != GENERATOR_FORMAT:
-        raise ValueError(f"{file}: not a facerig StyleGAN2 generator (format {meta.get('format')!r})")
+    if meta.get("format") != fmt:
+        raise ValueError(f"{file}: not a {fmt} file (format {meta.get('format')!r})")
     try:
         config = json.loads(meta["config"])
         config["channels"] = {int(k): v for k, v in config["channels"].items()}
     except (KeyError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{file}: bad generator config in metadata ({exc})") from None
+        raise ValueError(f"{file}: bad network config in metadata ({exc})") from None
     # Built on the meta device, then given the file's tensors: no random initialisation.
     with torch.device("meta"):
-        generator = Generator(**config)
-    load_state_dict_checked(generator, state, str(file), assign=True)
-    return generator.eval()
+        network = build(**config)
+    load_state_dict_checked(network, state, str(file), assign=True)
+    return network.eval()
+
+
+def load_generator(path: str | Path) -> Generator:
+    """A trained generator (CPU, eval mode) from a weights file, checkpoint or run folder (``generator_file``)."""
+    return _load_network(generator_file(path), GENERATOR_FORMAT, Generator)
+
+
+def load_discriminator(path: str | Path) -> Discriminator:
+    """The discriminator trained beside a generator: a checkpoint or run folder (a lone G file has none)."""
+    file = generator_file(path, D_FILE)
+    if not Path(path).is_dir() or not file.exists():
+        raise FileNotFoundError(f"{path}: no {D_FILE} (give the GAN run or checkpoint folder)")
+    return _load_network(file, DISCRIMINATOR_FORMAT, Discriminator)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ Modes (``MODES``) name the parameters a RigNet controls; ``all`` is simultaneous
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -160,6 +161,9 @@ class LossWeights:
     rec: float = 1.0  # L_rec: ||RigNet(w, p_w) - w||^2, per latent entry
     edit: float = 1.0  # L_edit, face_distance units
     consist: float = 1.0  # L_consist, face_distance units
+    # Not in the paper: the GAN's discriminator on the edited image, softplus(-D). A DFR that reads images
+    # can be satisfied by artefacts the generator paints over the face; a realism term keeps edits on faces.
+    real: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,16 +212,20 @@ def mix(base: Tensor, other: Tensor, space: ParamSpace, names: tuple[str, ...]) 
 
 
 def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance, template: FaceParams,
-                  w: Tensor, v: Tensor, mode: str, weights: LossWeights) -> dict[str, Tensor]:
+                  w: Tensor, v: Tensor, mode: str, weights: LossWeights,
+                  realism: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions; ``dfr``
-    maps W+ to the normalised parameter vector (the MLP, or an image DFR over the generator)."""
+    maps W+ to the normalised parameter vector (the MLP, or an image DFR over the generator). With
+    ``weights.real``, ``realism`` maps edited W+ to a per-item loss (low for realistic images)."""
+    if weights.real and realism is None:
+        raise ValueError("a realism weight needs a realism loss (the GAN's discriminator)")
     controlled = MODES[mode]
     rest = tuple(k for k in FITTED_FIELDS if k not in controlled)
     with torch.no_grad():
         p = dfr(torch.cat([w, v]))
     p_w, p_v = p.chunk(2)
     decode = lambda x: space.decode(x, template)  # noqa: E731
-    out = {"rec": w.new_zeros(()), "edit": w.new_zeros(()), "consist": w.new_zeros(())}
+    out = {k: w.new_zeros(()) for k in ("rec", "edit", "consist", "real")}
     for a, b, p_a, p_b in ((w, v, p_w, p_v), (v, w, p_v, p_w)):
         edited = rignet(a, space.select(p_b, controlled), space.select(p_a, controlled))
         p_hat = dfr(edited)
@@ -228,5 +236,7 @@ def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance
             out["edit"] = out["edit"] + distance(decode(mix(p_b, p_hat, space, controlled)), decode(p_b)).mean() / 2
         if weights.consist:
             out["consist"] = out["consist"] + distance(decode(mix(p_a, p_hat, space, rest)), decode(p_a)).mean() / 2
-    out["total"] = weights.rec * out["rec"] + weights.edit * out["edit"] + weights.consist * out["consist"]
+        if weights.real:
+            out["real"] = out["real"] + realism(edited).mean() / 2
+    out["total"] = sum(getattr(weights, k) * out[k] for k in ("rec", "edit", "consist", "real"))
     return out

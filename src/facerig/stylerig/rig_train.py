@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facerig import runtime
@@ -61,6 +62,10 @@ class RigTrainConfig:
     w_rec: float = option(LossWeights.rec, "L_rec weight (W+ units)")
     w_edit: float = option(LossWeights.edit, "L_edit weight (0: the no-L_edit ablation)")
     w_consist: float = option(LossWeights.consist, "L_consist weight (0: the no-L_consist ablation)")
+    w_real: float = option(LossWeights.real, "realism weight: softplus(-D) of the GAN's discriminator on edited "
+                                             "images (not in the paper; needs the GAN run or checkpoint folder)")
+    mode_weights: str = option("", "per-mode loss weights over the --w-* ones: MODE:TERM=W[,TERM=W][;MODE:...], "
+                                   "e.g. 'expression:consist=0.2' (terms: rec, edit, consist, real)")
     steering: bool = option(False, "train the steering baseline instead (delta p -> delta w, no w input)")
     reuse: str | None = option(None, "another run folder whose captures and DFR to use (ablations: same data, same DFR)")
     threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
@@ -75,16 +80,35 @@ class RigTrainConfig:
         unknown = set(self.mode_list) - set(MODES)
         if unknown or not self.mode_list:
             raise ValueError(f"modes must be some of {', '.join(MODES)}, not {self.modes!r}")
-        if min(self.w_rec, self.w_edit, self.w_consist) < 0:
+        if min(self.w_rec, self.w_edit, self.w_consist, self.w_real) < 0:
             raise ValueError("loss weights must be >= 0")
+        for mode in MODES:
+            self.weights_for(mode)
 
     @property
     def mode_list(self) -> list[str]:
         return [m.strip() for m in self.modes.split(",") if m.strip()]
 
-    @property
-    def loss_weights(self) -> LossWeights:
-        return LossWeights(self.w_rec, self.w_edit, self.w_consist)
+    def weights_for(self, mode: str) -> LossWeights:
+        """The loss weights of ``mode``'s RigNet: the --w-* ones with ``mode_weights``' overrides."""
+        weights = LossWeights(self.w_rec, self.w_edit, self.w_consist, self.w_real)
+        for item in filter(None, (part.strip() for part in self.mode_weights.split(";"))):
+            name, _, assignments = item.partition(":")
+            if name.strip() not in MODES:
+                raise ValueError(f"mode_weights: unknown mode {name.strip()!r} in {item!r}")
+            for assignment in assignments.split(","):
+                term, _, value = assignment.partition("=")
+                term = term.strip()
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = math.nan
+                if term not in LossWeights.__dataclass_fields__ or not number >= 0 or math.isinf(number):
+                    raise ValueError(f"mode_weights: {assignment.strip()!r} in {item!r} is not TERM=W with TERM one of "
+                                     f"{', '.join(LossWeights.__dataclass_fields__)} and a finite W >= 0")
+                if name.strip() == mode:
+                    weights = replace(weights, **{term: number})
+        return weights
 
 
 def sample_latents(generator, n: int, gen: torch.Generator, truncation: float, latent_avg: torch.Tensor,
@@ -140,7 +164,7 @@ def crop_frame(transform: np.ndarray, image_size: int, upsampled: int) -> np.nda
 class RigTrainer:
     def __init__(self, cfg: RigTrainConfig):
         from facerig.face3d import load_model
-        from facerig.stylerig.gan_train import load_generator, truncation_centre
+        from facerig.stylerig.gan_train import load_discriminator, load_generator, truncation_centre
 
         self.cfg = cfg
         self.threads = runtime.configure_threads(cfg.threads)
@@ -153,6 +177,9 @@ class RigTrainer:
         self.data_dir = source / "data"
         self.dfr_path = source / name if (source / name).exists() else self.out / name
         self.generator = load_generator(cfg.generator).requires_grad_(False)
+        self.discriminator = None
+        if any(cfg.weights_for(mode).real for mode in cfg.mode_list):  # before any work: it may be missing
+            self.discriminator = load_discriminator(cfg.generator).requires_grad_(False)
         self.latent_avg = truncation_centre(self.generator)
         self.face = load_model()
         self.space = ParamSpace(field_sizes(self.face))
@@ -167,7 +194,9 @@ class RigTrainer:
 
         path, now = self.out / "config.json", asdict(self.cfg)
         if path.exists():
-            before = json.loads(path.read_text())
+            # A setting added after the run was made counts as its default.
+            before = {**{f.name: f.default for f in fields(self.cfg) if f.default is not MISSING},
+                      **json.loads(path.read_text())}
             changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != "threads" and before.get(k) != v]
             if changed:
                 raise ValueError(f"{self.out} was made with other settings ({'; '.join(changed)}); use a new --out")
@@ -291,6 +320,14 @@ class RigTrainer:
 
         return through_generator
 
+    def realism(self):
+        """W+ -> per-item softplus(-D(G(w))) with the discriminator trained beside the generator."""
+        def loss(w_plus: torch.Tensor) -> torch.Tensor:
+            with runtime.autocast("cpu", self.precision):
+                return F.softplus(-self.discriminator(render_latents(self.generator, w_plus)).float()).flatten()
+
+        return loss
+
     def train_rignet(self, dfr: DFR | ImageDFR, mode: str) -> RigNet:
         cfg = self.cfg
         path = self.out / f"rignet_{mode}.safetensors"
@@ -302,7 +339,8 @@ class RigTrainer:
             rignet.load_state_dict(state)
             return rignet.eval()
         gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
-        latent_dfr = self.latent_dfr(dfr)
+        weights = cfg.weights_for(mode)
+        latent_dfr, realism = self.latent_dfr(dfr), self.realism() if weights.real else None
         opt = torch.optim.Adam(rignet.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.rig_steps)
         log, bar = [], tqdm(range(cfg.rig_steps), desc=f"RigNet {mode}")
@@ -310,7 +348,8 @@ class RigTrainer:
             with torch.no_grad():
                 w = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
                 v = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
-            losses = rignet_losses(rignet, latent_dfr, self.space, self.distance, self.template, w, v, mode, cfg.loss_weights)
+            losses = rignet_losses(rignet, latent_dfr, self.space, self.distance, self.template, w, v, mode,
+                                   weights, realism)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
@@ -320,7 +359,8 @@ class RigTrainer:
                 if not math.isfinite(entry["total"]):
                     raise FloatingPointError(f"RigNet {mode}: non-finite loss at step {step}")
                 log.append(entry)
-                bar.set_postfix(edit=f"{entry['edit']:.2f}", consist=f"{entry['consist']:.2f}", rec=f"{entry['rec']:.4f}")
+                bar.set_postfix(edit=f"{entry['edit']:.2f}", consist=f"{entry['consist']:.2f}", rec=f"{entry['rec']:.4f}",
+                                real=f"{entry['real']:.3f}")
         atomic_write_json(self.out / f"rignet_{mode}.json", {"log": log})
         rignet.eval()
         atomic_save_safetensors(rignet.state_dict(), path)
