@@ -99,7 +99,7 @@ def test_rignet_losses_train(face):
     # The realism term: a per-item loss on the edited latents, averaged over both directions.
     realism = lambda w_plus: w_plus.pow(2).mean((1, 2))  # noqa: E731
     real = rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(real=2.0), realism)
-    assert float(real["real"]) > 0
+    assert float(real["real"].detach()) > 0
     assert_close(real["total"], real["rec"] + real["edit"] + real["consist"] + 2 * real["real"], rtol=1e-5)
     with pytest.raises(ValueError, match="realism"):
         rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(real=1.0))
