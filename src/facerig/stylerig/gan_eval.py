@@ -47,7 +47,8 @@ def _real_images(folder: str | Path, count: int, size: int, seed: int) -> list[n
 @torch.no_grad()
 def evaluate_generator(generator: str | Path, real: str | Path, n: int = 200, truncation: float = 1.0, seed: int = 0) -> dict:
     from facerig.eval.frechet import frechet_distance
-    from facerig.stylerig.rig_train import render_latents, to_uint8
+    from facerig.stylerig.rig_train import to_uint8
+    from facerig.stylerig.stylegan2 import render_latents
 
     if n < 2:
         raise ValueError(f"n must be >= 2, not {n}")

@@ -15,8 +15,7 @@ from torch import Tensor, nn
 
 from facerig.face3d import FaceParams
 from facerig.stylerig.rig import DFR, MODES, ImageDFR, ParamSpace, RigNet, mix
-from facerig.stylerig.rig_train import render_latents
-from facerig.stylerig.stylegan2 import Generator
+from facerig.stylerig.stylegan2 import Generator, render_latents
 from facerig.weights import PretrainedMixin
 
 # Style-mixing layer groups as fractions of the W+ layers (StyleGAN's coarse 4-8 px, middle 16-32 px, fine

@@ -33,6 +33,7 @@ from facerig.io import atomic_save_safetensors, atomic_write_json, writable_fold
 from facerig.stylerig.rig import (
     DFR, MODES, FaceDistance, ImageDFR, LossWeights, ParamSpace, RigNet, field_sizes, rignet_losses,
 )
+from facerig.stylerig.stylegan2 import render_latents
 from facerig.training import option
 from facerig.weights import read_tensors
 
@@ -122,12 +123,6 @@ def sample_latents(generator, n: int, gen: torch.Generator, truncation: float, l
     layer = torch.arange(generator.n_latent)
     take_b = (mixed[:, None] & (layer[None] >= cut[:, None]))[..., None]
     return torch.where(take_b, b.expand_as(a), a)
-
-
-def render_latents(generator, w_plus: torch.Tensor) -> torch.Tensor:
-    """Images (B,3,S,S) in [-1,1] with the generator's fixed noise (same latent, same image); differentiable
-    in ``w_plus`` (the generator itself is frozen wherever this is used)."""
-    return generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -309,6 +309,12 @@ class Generator(nn.Module):
         return skip, (latent if return_latents else None)
 
 
+def render_latents(generator, w_plus: Tensor) -> Tensor:
+    """Images (B,3,S,S) in [-1,1] with the generator's fixed noise (same latent, same image); differentiable
+    in ``w_plus`` (the generator itself is frozen wherever this is used)."""
+    return generator([w_plus], input_is_latent=True, randomize_noise=False)[0].clamp(-1, 1)
+
+
 class ConvLayer(nn.Sequential):
     """[Blur] + EqualConv2d (stride 2 when downsampling) + [FusedLeakyReLU], as one Sequential (key layout)."""
 
