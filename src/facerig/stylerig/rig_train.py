@@ -95,8 +95,9 @@ class RigTrainConfig:
         weights = LossWeights(self.w_rec, self.w_edit, self.w_consist, self.w_real)
         for item in filter(None, (part.strip() for part in self.mode_weights.split(";"))):
             name, _, assignments = item.partition(":")
-            if name.strip() not in MODES:
-                raise ValueError(f"mode_weights: unknown mode {name.strip()!r} in {item!r}")
+            name = name.strip()
+            if name not in MODES:
+                raise ValueError(f"mode_weights: unknown mode {name!r} in {item!r}")
             for assignment in assignments.split(","):
                 term, _, value = assignment.partition("=")
                 term = term.strip()
@@ -107,7 +108,7 @@ class RigTrainConfig:
                 if term not in LossWeights.__dataclass_fields__ or not number >= 0 or math.isinf(number):
                     raise ValueError(f"mode_weights: {assignment.strip()!r} in {item!r} is not TERM=W with TERM one of "
                                      f"{', '.join(LossWeights.__dataclass_fields__)} and a finite W >= 0")
-                if name.strip() == mode:
+                if name == mode:
                     weights = replace(weights, **{term: number})
         return weights
 
@@ -315,13 +316,10 @@ class RigTrainer:
 
         return through_generator
 
-    def realism(self):
-        """W+ -> per-item softplus(-D(G(w))) with the discriminator trained beside the generator."""
-        def loss(w_plus: torch.Tensor) -> torch.Tensor:
-            with runtime.autocast("cpu", self.precision):
-                return F.softplus(-self.discriminator(render_latents(self.generator, w_plus)).float()).flatten()
-
-        return loss
+    def realism(self, w_plus: torch.Tensor) -> torch.Tensor:
+        """Per-item softplus(-D(G(w))) with the discriminator trained beside the generator."""
+        with runtime.autocast("cpu", self.precision):
+            return F.softplus(-self.discriminator(render_latents(self.generator, w_plus)).float()).flatten()
 
     def train_rignet(self, dfr: DFR | ImageDFR, mode: str) -> RigNet:
         cfg = self.cfg
@@ -335,7 +333,7 @@ class RigTrainer:
             return rignet.eval()
         gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
         weights = cfg.weights_for(mode)
-        latent_dfr, realism = self.latent_dfr(dfr), self.realism() if weights.real else None
+        latent_dfr, realism = self.latent_dfr(dfr), self.realism if weights.real else None
         opt = torch.optim.Adam(rignet.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.rig_steps)
         log, bar = [], tqdm(range(cfg.rig_steps), desc=f"RigNet {mode}")
