@@ -76,8 +76,7 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     fitter = ModelFitter(CAPTURE_SIZE, "cpu", face)
     template = face.default_params(1)
     # Variants may be trained without some RigNets (ablations skip the simultaneous one, which "none" needs).
-    edits = {k: v for k, v in EDITS.items() if "all" in model.rignets
-             or (k != "none" and any(set(MODES[m]) == set(edited_fields(v)) for m in model.rignets))}
+    edits = {k: v for k, v in EDITS.items() if model.mode_for(MODES["all"] if k == "none" else edited_fields(v))}
     per_edit: dict[str, dict[str, list]] = {name: {} for name in edits}
     dfr_err: dict[str, list] = {}
     sheet_rows: list[list[np.ndarray]] = []

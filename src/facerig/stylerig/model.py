@@ -108,11 +108,17 @@ class StyleRigModel(PretrainedMixin, nn.Module):
         """DFR's parameters of ``w_plus``; fields it does not predict from ``template``."""
         return self.space.decode(self.latent_vector(w_plus), template)
 
+    def mode_for(self, fields: tuple[str, ...]) -> str | None:
+        """The RigNet mode that edits ``fields``: the one mode that holds exactly those fields, else ``all``;
+        None when this StyleRig has neither."""
+        mode = next((m for m, f in MODES.items() if set(f) == set(fields) and m in self.rignets), "all")
+        return mode if mode in self.rignets else None
+
     def rig(self, w_plus: Tensor, target: FaceParams, fields: tuple[str, ...]) -> tuple[Tensor, str]:
         """Edited W+ that follows ``target`` in ``fields`` (of rotation, expression, light) and keeps the rest;
-        returns it and the RigNet mode used: the one mode that holds exactly those fields, else ``all``."""
-        mode = next((m for m, f in MODES.items() if set(f) == set(fields) and m in self.rignets), "all")
-        if mode not in self.rignets:
+        returns it and the RigNet mode used (``mode_for``)."""
+        mode = self.mode_for(fields)
+        if mode is None:
             raise ValueError(f"this StyleRig has no RigNet for {sorted(fields)} (it has {sorted(self.rignets)})")
         controlled = MODES[mode]
         source = self.latent_vector(w_plus)
