@@ -13,7 +13,6 @@ from test_diffusion_train import make_dataset
 
 from facerig import cli
 from facerig.stylerig import gan_train
-from facerig.stylerig.augment import diff_augment
 from facerig.stylerig.gan_train import GanTrainConfig, export_rosinality, load_generator, load_images, r1_penalty, train
 from facerig.stylerig.stylegan2 import Discriminator, load_rosinality
 from facerig.weights import read_tensors
@@ -116,17 +115,6 @@ def test_capture_dataset_and_image_folder(images, tmp_path):
     assert load_images(images, 8).shape == (8, 3, 8, 8)
     with pytest.raises(ValueError, match="no training images"):
         load_images(tmp_path / "capture" / "shards", 16)
-
-
-def test_diff_augment_keeps_shape_and_is_differentiable():
-    x = torch.randn(3, 3, 16, 16, requires_grad=True)
-    y = diff_augment(x, generator=torch.Generator().manual_seed(0))
-    assert y.shape == x.shape
-    y.square().sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert torch.equal(diff_augment(x, ""), x)
-    with pytest.raises(ValueError, match="unknown"):
-        diff_augment(x, "color,zoom")
 
 
 def test_r1_is_fp32_under_bf16_autocast():

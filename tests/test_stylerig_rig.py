@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -257,6 +258,12 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     assert model.config.dfr == "image" and (tmp_path / "image" / "dfr_image.safetensors").exists()
     w = model.latent(0)
     assert model.latent_vector(w).shape == (1, model.space.dim)
+    # An augmented (EOT) DFR is its own file: the reused run's clean image DFR is not taken for it.
+    shutil.copy(tmp_path / "image" / "dfr_image.safetensors", tmp_path / "run")
+    rig_train.train(dataclasses.replace(image, out=str(tmp_path / "eot"), dfr_augment=True))
+    assert (tmp_path / "eot" / "dfr_image_eot.safetensors").exists()
+    with pytest.raises(ValueError, match="dfr_augment"):
+        dataclasses.replace(cfg, dfr_augment=True)
     # The realism term needs the discriminator trained beside the generator: a lone G file has none.
     real = dataclasses.replace(cfg, out=str(tmp_path / "real"), w_real=1.0, modes="light", reuse=str(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match="discriminator"):

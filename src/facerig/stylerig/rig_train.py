@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from facerig import runtime
 from facerig.io import atomic_save_safetensors, atomic_write_json, writable_folder
+from facerig.stylerig.augment import geometric_blur_noise
 from facerig.stylerig.rig import (
     DFR, MODES, FaceDistance, ImageDFR, LossWeights, ParamSpace, RigNet, field_sizes, rignet_losses,
 )
@@ -67,6 +68,9 @@ class RigTrainConfig:
                                              "images (not in the paper; needs the GAN run or checkpoint folder)")
     mode_weights: str = option("", "per-mode loss weights over the --w-* ones: MODE:TERM=W[,TERM=W][;MODE:...], "
                                    "e.g. 'expression:consist=0.2' (terms: rec, edit, consist, real)")
+    dfr_augment: bool = option(False, "image DFR: train it on shifted / scaled / blurred / noisy images and let RigNet "
+                                      "see it only through such random transformations (expectation over "
+                                      "transformation), so edits must change the face, not fool the DFR")
     steering: bool = option(False, "train the steering baseline instead (delta p -> delta w, no w input)")
     reuse: str | None = option(None, "another run folder whose captures and DFR to use (ablations: same data, same DFR)")
     threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
@@ -79,6 +83,8 @@ class RigTrainConfig:
         if not 0 < self.truncation <= 1 or not 0 <= self.mixing <= 1:
             raise ValueError("truncation must be in (0, 1] and mixing in [0, 1]")
         unknown = set(self.mode_list) - set(MODES)
+        if self.dfr_augment and self.dfr != "image":
+            raise ValueError("dfr_augment is for the image DFR (--dfr image)")
         if unknown or not self.mode_list:
             raise ValueError(f"modes must be some of {', '.join(MODES)}, not {self.modes!r}")
         if min(self.w_rec, self.w_edit, self.w_consist, self.w_real) < 0:
@@ -169,7 +175,7 @@ class RigTrainer:
         if cfg.reuse and not (source / "data").is_dir():
             raise FileNotFoundError(f"{source}: no data/ to reuse")
         # Another run's captures, and its DFR when it trained one of this kind.
-        name = f"dfr_{cfg.dfr}.safetensors"
+        name = f"dfr_{cfg.dfr}{'_eot' if cfg.dfr_augment else ''}.safetensors"
         self.data_dir = source / "data"
         self.dfr_path = source / name if (source / name).exists() else self.out / name
         self.generator = load_generator(cfg.generator).requires_grad_(False)
@@ -278,7 +284,8 @@ class RigTrainer:
         bar = tqdm(range(cfg.dfr_steps), desc="DFR")
         for step in bar:
             batch = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-            loss_render, loss_l2 = losses(dfr(inputs[batch]), batch)
+            x = inputs[batch]
+            loss_render, loss_l2 = losses(dfr(geometric_blur_noise(x, gen) if cfg.dfr_augment else x), batch)
             opt.zero_grad(set_to_none=True)
             (loss_render + loss_l2).backward()
             opt.step()
@@ -312,7 +319,8 @@ class RigTrainer:
 
         def through_generator(w_plus: torch.Tensor) -> torch.Tensor:
             with runtime.autocast("cpu", self.precision):
-                return dfr(render_latents(self.generator, w_plus)).float()
+                images = render_latents(self.generator, w_plus)
+                return dfr(geometric_blur_noise(images) if self.cfg.dfr_augment else images).float()
 
         return through_generator
 
