@@ -8,7 +8,8 @@ Three resumable stages in one run folder (each skipped when its output exists):
    FFHQ crop lies in the generated image. Faces dlib does not find are kept as misses (the detection rate).
 2. ``dfr_KIND.safetensors``: the DFR regressed onto those captures (``face_distance`` + a small L2 on the
    normalised vector); ``dfr_KIND.json`` holds its error on held-out samples, per parameter, in ``facerig eval``'s
-   units: the "DFR's own error" that unedited parameters are compared against.
+   units: the "DFR's own error" that unedited parameters are compared against. With ``dfr_augment`` the image
+   DFR trains on randomly shifted, scaled, blurred and noisy images (``dfr_image_eot``).
 3. ``rignet_MODE.safetensors`` for each mode: RigNet trained self-supervised through the frozen DFR on fresh
    latents (no images needed: the paper's losses live in parameter space once the DFR exists).
 
@@ -313,7 +314,8 @@ class RigTrainer:
     # ---- stage 3: RigNets ----
     def latent_dfr(self, dfr: DFR | ImageDFR):
         """W+ -> normalised parameters: the MLP itself, or the image DFR over the frozen generator (bf16 where
-        the CPU computes it), through which RigNet's gradient then runs."""
+        the CPU computes it; with ``dfr_augment`` through a fresh random transformation per call), through
+        which RigNet's gradient then runs."""
         if isinstance(dfr, DFR):
             return dfr
 
