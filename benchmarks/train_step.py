@@ -4,7 +4,9 @@ Prints one JSON object. For each config, at ``--batch-size`` (8 by default), on 
 
 - ``train``: one full training step as ``facerig train`` runs it (P2 loss forward, backward, gradient
   clipping, fused Adam, EMA update), medians of ``fp32_ms`` and ``fast_ms`` and their ratio ``speedup``;
-- ``sample``: one DDIM sampling step (no-grad denoiser call and the update, latent precomputed).
+- ``sample``: one DDIM sampling step as the sampler runs it: ``ddim_sample`` over ``SAMPLE_STEPS`` steps in one
+  autocast region (as ``facerig edit`` does, so bf16 weight casts are cached across steps), divided by its
+  step count (no-grad denoiser calls and updates, latent precomputed).
 
 The fast path is ``--precision auto`` (bf16 autocast with channels_last activations where the CPU has AMX or
 AVX512-BF16). Both run the same code and weights; the two are timed alternately, step by step, so load from
@@ -27,7 +29,9 @@ import torch
 
 from facerig import runtime
 from facerig.diffusion.model import CONFIGS, DiffusionRig
-from facerig.diffusion.process import DEFAULT_SCHEDULE, _ddim_move, denoiser_fn, training_loss
+from facerig.diffusion.process import DEFAULT_SCHEDULE, ddim_sample, denoiser_fn, training_loss
+
+SAMPLE_STEPS = 10
 
 
 class _Setup:
@@ -63,12 +67,10 @@ class _Setup:
             torch._foreach_lerp_(*self.ema_pairs, 1e-4)
 
     @torch.no_grad()
-    def sample_step(self) -> None:
+    def sample(self) -> None:
         self.model.eval()
-        t = torch.full((self.x.shape[0],), 500, device=self.device)
         with runtime.autocast(self.device, self.precision):
-            eps = denoiser_fn(self.model)(self.x, t, self.cond)
-        _ddim_move(self.x, eps.float(), DEFAULT_SCHEDULE.level(500), DEFAULT_SCHEDULE.level(450), True)
+            ddim_sample(denoiser_fn(self.model), self.x, self.cond, SAMPLE_STEPS)
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -81,15 +83,15 @@ def _timed(fn, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def paired(slow, fast, device: torch.device, warmup: int, repeats: int) -> dict:
-    """Alternate the two, after warm-up; medians and the ratio of medians."""
+def paired(slow, fast, device: torch.device, warmup: int, repeats: int, per: int = 1) -> dict:
+    """Alternate the two, after warm-up; medians (divided by the ``per`` steps one call runs) and their ratio."""
     for _ in range(warmup):
         slow(), fast()
     a, b = [], []
     for _ in range(repeats):
         a.append(_timed(slow, device))
         b.append(_timed(fast, device))
-    fp32_ms, fast_ms = statistics.median(a), statistics.median(b)
+    fp32_ms, fast_ms = statistics.median(a) / per, statistics.median(b) / per
     return {"fp32_ms": round(fp32_ms, 1), "fast_ms": round(fast_ms, 1), "speedup": round(fp32_ms / fast_ms, 2)}
 
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         fast_setup = _Setup(name, fast, args.batch_size, device)
         report["configs"][name] = {
             "train": paired(slow_setup.train_step, fast_setup.train_step, device, args.warmup, args.repeats),
-            "sample": paired(slow_setup.sample_step, fast_setup.sample_step, device, args.warmup, args.repeats),
+            "sample": paired(slow_setup.sample, fast_setup.sample, device, args.warmup, args.repeats, SAMPLE_STEPS),
         }
         del slow_setup, fast_setup
     print(json.dumps(report, indent=2))
