@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="diffusion: classifier-free guidance on the buffers (1 = off, the default; above 1 pushes the "
                         "edit harder); needs a model trained with --cond-dropout")
     p.add_argument("--paste-back", action="store_true",
-                   help="also write pasted.png: the edit warped back into the original photo, feathered at the crop edge")
+                   help="also write pasted.png: the edit warped back into the original photo through a feathered "
+                        "head mask (face, scalp, hair and ears near them); the rest stays the photo's")
     p.add_argument("--device", default="cpu")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
@@ -91,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if args.paste_back:
         from PIL import Image
 
-        from facerig.edit.paste import paste_into_file
+        from facerig.edit.paste import head_mask, paste_into_file
         from facerig.edit.spec import CAPTURE_SIZE
 
-        Image.fromarray(paste_into_file(args.photo, result.edited, session.transform, CAPTURE_SIZE)).save(
-            folder / "pasted.png")
+        mask = head_mask([result.source_buffers.mask, result.target_buffers.mask])
+        Image.fromarray(paste_into_file(args.photo, result.edited, session.transform, CAPTURE_SIZE, mask,
+                                        result.frame)).save(folder / "pasted.png")
     print(f"facerig edit: wrote {folder / 'edited.png'} and {folder / 'sheet.png'}")
     return 0

@@ -57,6 +57,9 @@ class EditResult:
     target_buffers: Buffers
     source_params: FaceParams
     target_params: FaceParams
+    # Where the FFHQ-aligned crop lies in ``edited`` (centre x, centre y, side; units of its side): the crop
+    # itself for DiffusionRig, the generator's framing for StyleRig. Paste-back maps through it.
+    frame: tuple[float, float, float] = (0.5, 0.5, 1.0)
 
 
 class Editor(Protocol):

@@ -133,4 +133,4 @@ class StyleRigEditor:
         source = session.cache["stylerig.image"]
         frame = self.model.config.frame
         return EditResult(source, out, self.renderer(to_frame(session.params, frame)), self.renderer(to_frame(edited, frame)),
-                          session.params, edited)
+                          session.params, edited, tuple(frame))
