@@ -250,28 +250,3 @@ def test_torchrun_two_processes_and_resume(dataset, tmp_path):
     # 6 training items over 2 processes with batch 1: 3 steps per epoch.
     assert (meta["epoch"], meta["batch_in_epoch"]) == (1, 1)
     assert load_checkpoint(out)[1].image_size == 64
-
-
-def test_debias_ema_file_recovers_the_trained_weights(tmp_path):
-    """An EMA kept without warm-up over a run that jumped to weights W and stayed there is
-    decay^T theta_0 + (1 - decay^T) W; the correction gives W back, buffers untouched."""
-    from facerig.diffusion.checkpoint import save_weights
-    from facerig.diffusion.model import DiffusionRig, get_config
-
-    config = get_config("tiny")
-    torch.manual_seed(3)
-    theta0 = DiffusionRig(config).state_dict()
-    buffers = {name for name, _ in DiffusionRig(config).named_buffers()}
-    g = torch.Generator().manual_seed(0)
-    trained = {k: v if k in buffers else v + torch.randn(v.shape, generator=g) * 0.01 for k, v in theta0.items()}
-    kept = 0.99 ** 50
-    ema = {k: v if k in buffers else kept * theta0[k] + (1 - kept) * trained[k] for k, v in trained.items()}
-    save_weights(ema, tmp_path / "ema.safetensors", config, 50)
-    train_mod.debias_ema_file(tmp_path / "ema.safetensors", tmp_path / "fixed.safetensors", 0.99, seed=3)
-    fixed, fixed_config, step = read_weights(tmp_path / "fixed.safetensors")
-    assert fixed_config == config and step == 50
-    for k in trained:
-        torch.testing.assert_close(fixed[k], trained[k], atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="step"):
-        save_weights(ema, tmp_path / "nostep.safetensors", config, 0)
-        train_mod.debias_ema_file(tmp_path / "nostep.safetensors", tmp_path / "x.safetensors", 0.99)

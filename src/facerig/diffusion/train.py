@@ -75,26 +75,6 @@ def ema_decay(decay: float, step: int) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def debias_ema_file(src: str | Path, dst: str | Path, decay: float, seed: int = 0) -> None:
-    """Rewrite EMA weights that were kept without the warm-up (facerig before it, e.g. the first shipped model)
-    as the average over the trained weights alone, Adam's bias correction: (ema - decay^T theta_0) /
-    (1 - decay^T), with T the file's step and theta_0 the run's initial weights, which ``--seed`` reproduces
-    exactly (the trainer builds the model on the CPU right after ``torch.manual_seed(seed)``). Buffers are
-    copied by the EMA, not averaged, and stay as they are. Same dtype and metadata."""
-    from facerig.diffusion.checkpoint import read_weights, save_weights
-
-    state, config, steps = read_weights(src)
-    if steps < 1:
-        raise ValueError(f"{src}: no step count in its metadata; the initial weights' share is unknown")
-    torch.manual_seed(seed)
-    initial = DiffusionRig(config)
-    buffers = {name for name, _ in initial.named_buffers()}
-    kept = decay ** steps
-    theta0 = initial.state_dict()
-    out = {k: v if k in buffers else ((v.double() - kept * theta0[k].double()) / (1 - kept)).to(v.dtype)
-           for k, v in state.items()}
-    save_weights(out, dst, config, steps)
-
 
 @dataclass
 class TrainConfig:
