@@ -104,6 +104,12 @@ def test_rignet_losses_train(face):
     assert_close(real["total"], real["rec"] + real["edit"] + real["consist"] + 2 * real["real"], rtol=1e-5)
     with pytest.raises(ValueError, match="realism"):
         rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(real=1.0))
+    # Spread targets lie past the other face's: an identity RigNet (no edit) is further from them.
+    still = RigNet(6, 32, 3)
+    plain = rignet_losses(still, dfr, space, d, template, w, v, "pose", LossWeights())
+    torch.manual_seed(1)
+    spread = rignet_losses(still, dfr, space, d, template, w, v, "pose", LossWeights(), spread=2.0)
+    assert float(spread["edit"].detach()) > 1.5 * float(plain["edit"].detach()) > 0
 
 
 def _model(face, generator, modes=tuple(MODES)) -> StyleRigModel:

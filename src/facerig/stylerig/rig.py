@@ -213,10 +213,13 @@ def mix(base: Tensor, other: Tensor, space: ParamSpace, names: tuple[str, ...]) 
 
 def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance, template: FaceParams,
                   w: Tensor, v: Tensor, mode: str, weights: LossWeights,
-                  realism: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+                  realism: Callable[[Tensor], Tensor] | None = None, spread: float = 0.0) -> dict[str, Tensor]:
     """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions; ``dfr``
     maps W+ to the normalised parameter vector (the MLP, or an image DFR over the generator). With
-    ``weights.real``, ``realism`` maps edited W+ to a per-item loss (low for realistic images)."""
+    ``weights.real``, ``realism`` maps edited W+ to a per-item loss (low for realistic images). ``spread`` > 0
+    (not in the paper) moves each controlled target past the other face's, to p_a + k (p_b - p_a) with k
+    uniform in [1, 1 + spread] (global RNG): random pairs of generated faces rarely differ by a full smile or
+    30 degrees of yaw, and a RigNet never asked for such edits does not extrapolate to them."""
     if weights.real and realism is None:
         raise ValueError("a realism weight needs a realism loss (the GAN's discriminator)")
     controlled = MODES[mode]
@@ -227,6 +230,9 @@ def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance
     decode = lambda x: space.decode(x, template)  # noqa: E731
     out = {k: w.new_zeros(()) for k in ("rec", "edit", "consist", "real")}
     for a, b, p_a, p_b in ((w, v, p_w, p_v), (v, w, p_v, p_w)):
+        if spread:
+            k = 1 + spread * torch.rand(p_a.shape[0], 1, device=p_a.device)
+            p_b = mix(p_b, p_a + k * (p_b - p_a), space, controlled)
         edited = rignet(a, space.select(p_b, controlled), space.select(p_a, controlled))
         p_hat = dfr(edited)
         if weights.rec:

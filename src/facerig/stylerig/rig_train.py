@@ -72,6 +72,8 @@ class RigTrainConfig:
     dfr_augment: bool = option(False, "image DFR: train it on shifted / scaled / blurred / noisy images and let RigNet "
                                       "see it only through such random transformations (expectation over "
                                       "transformation), so edits must change the face, not fool the DFR")
+    target_spread: float = option(0.0, "RigNet edit targets moved past the other face's parameters by a factor "
+                                        "up to 1 + S (uniform), for edits larger than random pairs of faces make")
     steering: bool = option(False, "train the steering baseline instead (delta p -> delta w, no w input)")
     reuse: str | None = option(None, "another run folder whose captures and DFR to use (ablations: same data, same DFR)")
     threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
@@ -88,8 +90,8 @@ class RigTrainConfig:
             raise ValueError("dfr_augment is for the image DFR (--dfr image)")
         if unknown or not self.mode_list:
             raise ValueError(f"modes must be some of {', '.join(MODES)}, not {self.modes!r}")
-        if min(self.w_rec, self.w_edit, self.w_consist, self.w_real) < 0:
-            raise ValueError("loss weights must be >= 0")
+        if min(self.w_rec, self.w_edit, self.w_consist, self.w_real, self.target_spread) < 0:
+            raise ValueError("loss weights and target_spread must be >= 0")
         for mode in MODES:
             self.weights_for(mode)
 
@@ -352,7 +354,7 @@ class RigTrainer:
                 w = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
                 v = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
             losses = rignet_losses(rignet, latent_dfr, self.space, self.distance, self.template, w, v, mode,
-                                   weights, realism)
+                                   weights, realism, cfg.target_spread)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
