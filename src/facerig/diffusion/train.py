@@ -75,7 +75,6 @@ def ema_decay(decay: float, step: int) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-
 @dataclass
 class TrainConfig:
     data: str = field(metadata={"help": "capture dataset folder (facerig capture output)"})
