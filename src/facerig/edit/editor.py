@@ -23,6 +23,8 @@ from facerig.edit.spec import CAPTURE_SIZE, EditSpec
 from facerig.face3d import FaceParams, MorphableModel
 from facerig.render import Buffers
 
+FULL_FRAME = (0.5, 0.5, 1.0)  # an edit that is the FFHQ-aligned crop itself
+
 
 @dataclass
 class Session:
@@ -59,7 +61,7 @@ class EditResult:
     target_params: FaceParams
     # Where the FFHQ-aligned crop lies in ``edited`` (centre x, centre y, side; units of its side): the crop
     # itself for DiffusionRig, the generator's framing for StyleRig. Paste-back maps through it.
-    frame: tuple[float, float, float] = (0.5, 0.5, 1.0)
+    frame: tuple[float, float, float] = FULL_FRAME
 
 
 class Editor(Protocol):

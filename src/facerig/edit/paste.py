@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from facerig.capture.align import unalign
 from facerig.capture.load import load_photo
+from facerig.edit.editor import FULL_FRAME
 
 FEATHER = 0.1  # fraction of the crop side over which the blend ramps from photo to edit at the crop edge
-FULL_FRAME = (0.5, 0.5, 1.0)  # the edit is the aligned crop itself
 MASK_GROW = 0.08  # fraction of the side the head mask grows by: hair and ears beyond the mesh
 MASK_FEATHER = 0.05  # fraction of the side over which the head mask ramps down
 

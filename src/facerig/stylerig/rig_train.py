@@ -86,10 +86,10 @@ class RigTrainConfig:
         if not 0 < self.truncation <= 1 or not 0 <= self.mixing <= 1:
             raise ValueError("truncation must be in (0, 1] and mixing in [0, 1]")
         unknown = set(self.mode_list) - set(MODES)
-        if self.dfr_augment and self.dfr != "image":
-            raise ValueError("dfr_augment is for the image DFR (--dfr image)")
         if unknown or not self.mode_list:
             raise ValueError(f"modes must be some of {', '.join(MODES)}, not {self.modes!r}")
+        if self.dfr_augment and self.dfr != "image":
+            raise ValueError("dfr_augment is for the image DFR (--dfr image)")
         if min(self.w_rec, self.w_edit, self.w_consist, self.w_real, self.target_spread) < 0:
             raise ValueError("loss weights and target_spread must be >= 0")
         for mode in MODES:
