@@ -12,11 +12,14 @@ from helpers import assert_close, shared_path
 from facerig.edit import EditSpec, Session
 from facerig.face3d import FaceParams
 from facerig.face3d.ict import load_ict
-from facerig.face3d.light import directional_light
-from facerig.face3d.rotation import euler_to_axis_angle
+from facerig.face3d.light import directional_light, dominant_direction, split_light
+from facerig.face3d.rotation import axis_angle_to_euler, euler_to_axis_angle
 from facerig.stylerig.gan_train import DISCRIMINATOR_FORMAT, GENERATOR_FORMAT
 from facerig.stylerig.model import StyleRigModel, frame_crop, style_mix, to_frame
-from facerig.stylerig.rig import DFR, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, field_sizes, mix, rignet_losses
+from facerig.stylerig.rig import (
+    DFR, EDIT_YAW, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, TargetSampler, field_sizes, mix, rignet_losses,
+)
+from facerig.stylerig.rig_train import attribute_directions
 from facerig.stylerig.stylegan2 import Discriminator, Generator
 from facerig.weights import save_weights
 
@@ -107,9 +110,53 @@ def test_rignet_losses_train(face):
     # Spread targets lie past the other face's: an identity RigNet (no edit) is further from them.
     still = RigNet(6, 32, 3)
     plain = rignet_losses(still, dfr, space, d, template, w, v, "pose", LossWeights())
-    torch.manual_seed(1)
-    spread = rignet_losses(still, dfr, space, d, template, w, v, "pose", LossWeights(), spread=2.0)
+    spread = TargetSampler(face, space, template, "pose", spread=2.0, generator=torch.Generator().manual_seed(1))
+    spread = rignet_losses(still, dfr, space, d, template, w, v, "pose", LossWeights(), targets=spread)
     assert float(spread["edit"].detach()) > 1.5 * float(plain["edit"].detach()) > 0
+
+
+def _euler(params: FaceParams) -> torch.Tensor:
+    return axis_angle_to_euler(params.rotation)
+
+
+def test_target_sampler_edits_only_the_modes_fields(face):
+    """Sampled edits change the mode's fields as facerig edit would and leave every other parameter as the
+    source's; the rest of the batch keeps the other face's targets."""
+    space, template = ParamSpace(field_sizes(face)), face.default_params(1)
+    torch.manual_seed(0)
+    p_a, p_b = 0.1 * torch.randn(64, space.dim), 0.1 * torch.randn(64, space.dim)
+    source = space.decode(p_a, template)
+    smile = [face.expression_index("mouthSmile_L"), face.expression_index("mouthSmile_R")]
+    for mode in MODES:
+        sampler = TargetSampler(face, space, template, mode, edits=1.0, generator=torch.Generator().manual_seed(2))
+        out = space.decode(sampler(p_a, p_b), template)
+        for name in ("shape", "albedo", "cam"):
+            assert_close(getattr(out, name), getattr(source, name), atol=1e-5)
+        changed = {"rotation": (_euler(out) - _euler(source)).abs().amax(1) > 1e-3,
+                   "light": (out.light - source.light).abs().amax((1, 2)) > 1e-5,
+                   "expression": (out.expression - source.expression).abs().amax(1) > 1e-6}
+        for name, moved in changed.items():
+            if name in MODES[mode]:
+                assert moved.float().mean() > (0.9 if mode != "all" else 0.2), (mode, name)
+            else:
+                assert not moved.any(), (mode, name)
+        assert torch.stack([changed[k] for k in MODES[mode]]).any(0).all()  # every item gets an edit
+        if "rotation" in MODES[mode]:
+            yaw = _euler(out)[changed["rotation"], 0]
+            assert yaw.abs().max() <= EDIT_YAW + 1e-3 and yaw.abs().max() > 20  # well past generated faces' +-12
+        if "light" in MODES[mode]:
+            relit = out.light[changed["light"]]
+            assert (dominant_direction(relit)[:, 2] > 0).all()  # from in front of the face
+            assert_close(split_light(relit)[1], split_light(source.light[changed["light"]])[1], rtol=1e-4)
+        if mode == "expression":
+            assert (out.expression[:, smile] != source.expression[:, smile]).any()
+            assert ((out.expression - source.expression).abs() > 1e-6).sum(1).max() <= 4  # one or two groups
+    half = TargetSampler(face, space, template, "pose", edits=0.5, generator=torch.Generator().manual_seed(3))(p_a, p_b)
+    kept = (half == p_b).all(1)
+    assert 0.25 < kept.float().mean() < 0.75
+    assert torch.equal(space.select(half[~kept], ("shape",)), space.select(p_a[~kept], ("shape",)))
+    with pytest.raises(ValueError, match="edits"):
+        TargetSampler(face, space, template, "pose", edits=1.5)
 
 
 def _model(face, generator, modes=tuple(MODES)) -> StyleRigModel:
@@ -259,7 +306,8 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     rig_train.train(ablation)
     assert not (tmp_path / "ablation" / "data").exists() and (tmp_path / "ablation" / "model" / "model.safetensors").exists()
     assert not (tmp_path / "ablation" / "dfr_mlp.safetensors").exists()  # the reused run's DFR
-    image = dataclasses.replace(cfg, out=str(tmp_path / "image"), dfr="image", reuse=str(tmp_path / "run"), modes="light")
+    image = dataclasses.replace(cfg, out=str(tmp_path / "image"), dfr="image", reuse=str(tmp_path / "run"), modes="light",
+                                edit_targets="0.5")
     model = StyleRigModel.from_pretrained(rig_train.train(image))
     assert model.config.dfr == "image" and (tmp_path / "image" / "dfr_image.safetensors").exists()
     w = model.latent(0)
@@ -270,6 +318,19 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     assert (tmp_path / "eot" / "dfr_image_eot.safetensors").exists()
     with pytest.raises(ValueError, match="dfr_augment"):
         dataclasses.replace(cfg, dfr_augment=True)
+    assert [dataclasses.replace(cfg, edit_targets=t).edit_targets_for("light") for t in ("0.5", "light=0.3", "pose=1")] \
+        == [0.5, 0.3, 0.0]
+    for bad in ("1.5", "light", "light=x", "smile=0.5", "light=-1"):
+        with pytest.raises(ValueError, match="edit_targets"):
+            dataclasses.replace(cfg, edit_targets=bad)
+    # Steered faces widen the DFR's data; the generator's face rate stays the natural samples'.
+    steered = dataclasses.replace(cfg, out=str(tmp_path / "steered"), steered=40, modes="light")
+    rig_train.train(steered)
+    summary = json.loads((tmp_path / "steered" / "summary.json").read_text())
+    assert (summary["samples"], summary["steered"], summary["steered_faces_found"]) == (80, 40, 40)
+    assert json.loads((tmp_path / "steered" / "dfr_mlp.json").read_text())["heldout_samples"] == 12
+    with pytest.raises(ValueError, match="steered"):
+        dataclasses.replace(steered, reuse=str(tmp_path / "run"))
     # The realism term needs the discriminator trained beside the generator: a lone G file has none.
     real = dataclasses.replace(cfg, out=str(tmp_path / "real"), w_real=1.0, modes="light", reuse=str(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match="discriminator"):
@@ -328,6 +389,12 @@ def test_evaluate_protocol_with_a_stand_in_capture(face, generator, tmp_path, mo
     assert summary["faces"] == 5 and summary["source_face_rate"] == 1.0
     assert set(summary["edits"]) == set(EDITS) and all(e["items"] == 5 for e in summary["edits"].values())
     assert summary["edits"]["yaw+30"]["gap_rotation"] == pytest.approx(0.0)  # the stand-in never sees pose
+    smile = summary["edits"]["smile"]  # nor expression: scored on the smile coefficients and on all of them
+    assert smile["gap_expression_edited"] == pytest.approx(0.0) and smile["gap_expression"] == pytest.approx(0.0)
+    assert summary["gate_values"]["smile_gap_closed"]["value"] == smile["gap_expression_edited"]
+    assert smile["drift_expression_others_rmse"] == pytest.approx(0.0)
+    assert summary["gate_values"]["drift_within_dfr_error"]["items"]["smile:expression_others_rmse"]["dfr_error"] \
+        == summary["dfr_error_median"]["expression_rmse"]
     assert set(summary["gates"]) == {"yaw_gap_closed", "light_gap_closed", "smile_gap_closed", "jaw_open_gap_closed",
                                      "identity_median", "drift_within_dfr_error"}
     assert (tmp_path / "eval" / "sheet.png").exists()
@@ -336,3 +403,23 @@ def test_evaluate_protocol_with_a_stand_in_capture(face, generator, tmp_path, mo
     summary = evaluate(partial, n=2, out=tmp_path / "eval_light")
     assert set(summary["edits"]) == {"light_left", "light_right"}
     assert set(summary["gates"]) == {"light_gap_closed", "identity_median", "drift_within_dfr_error"}
+
+
+def test_attribute_directions_follow_the_captures(face):
+    """Each direction points where its attribute grows in the captures' W+: built from faces whose W+ carries
+    yaw on one axis and smile on another, the yaw and smile directions are those axes."""
+    torch.manual_seed(0)
+    n, yaw, smile = 400, 20 * torch.rand(400) - 10, torch.rand(400)
+    w = 0.05 * torch.randn(n, 4, 8)
+    w[:, :, 0] += yaw[:, None] / 10
+    w[:, :, 1] += smile[:, None]
+    params = face.default_params(n)
+    params.rotation = euler_to_axis_angle(yaw, torch.zeros(n), torch.zeros(n))
+    for name in ("mouthSmile_L", "mouthSmile_R"):
+        params.expression[:, face.expression_index(name)] = smile
+    data = {"w_plus": w, **{f"params.{k}": v for k, v in params.to_dict().items()}}
+    directions = attribute_directions(face, data)
+    assert directions.shape == (6, 4, 8)
+    mean = directions.mean(1)  # over W+ layers
+    assert mean[0, 0] > 1.2 and mean[0, 0] > 10 * mean[0, 1:].abs().max()  # yaw: ~1.6 between the tenths
+    assert mean[4, 1] > 0.6 and mean[4, 1] > 10 * mean[4, [0, *range(2, 8)]].abs().max()  # smile: ~0.8

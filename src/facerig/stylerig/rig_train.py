@@ -33,7 +33,7 @@ from facerig import runtime
 from facerig.io import atomic_save_safetensors, atomic_write_json, writable_folder
 from facerig.stylerig.augment import geometric_blur_noise
 from facerig.stylerig.rig import (
-    DFR, MODES, FaceDistance, ImageDFR, LossWeights, ParamSpace, RigNet, field_sizes, rignet_losses,
+    DFR, MODES, FaceDistance, ImageDFR, LossWeights, ParamSpace, RigNet, TargetSampler, field_sizes, rignet_losses,
 )
 from facerig.stylerig.stylegan2 import render_latents
 from facerig.training import option
@@ -44,6 +44,7 @@ MIN_FACES = 32  # captured faces below which there is nothing to train a DFR on
 HOLDOUT = 0.1  # fraction of captured samples the DFR never trains on
 DFR_WEIGHT_DECAY = 1e-4
 DFR_VALIDATE_EVERY = 250
+STEER_SPAN = 2.5  # steered samples move up to this many class-mean differences either way
 
 
 @dataclass
@@ -74,6 +75,13 @@ class RigTrainConfig:
                                       "transformation), so edits must change the face, not fool the DFR")
     target_spread: float = option(0.0, "RigNet edit targets moved past the other face's parameters by a factor "
                                         "up to 1 + S (uniform), for edits larger than random pairs of faces make")
+    steered: int = option(0, "extra captured faces for the DFR: generated ones moved along the captures' own W+ "
+                             "directions of yaw, pitch, smile, jaw opening and light, so that the DFR also knows the "
+                             "edges of what the generator makes (where edits go)")
+    edit_targets: str = option("0", "fraction of RigNet targets that are the source's own parameters with a sampled "
+                                    "edit (yaw +-35 deg, a light direction, a smile...) instead of the other face's "
+                                    "(generated faces rarely differ by the edits people ask for): F for every "
+                                    "RigNet, or MODE=F[,MODE=F] (others 0)")
     steering: bool = option(False, "train the steering baseline instead (delta p -> delta w, no w input)")
     reuse: str | None = option(None, "another run folder whose captures and DFR to use (ablations: same data, same DFR)")
     threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
@@ -83,6 +91,10 @@ class RigTrainConfig:
         for name in ("samples", "dfr_steps", "rig_steps", "batch_size", "rig_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.steered < 0:
+            raise ValueError(f"steered must be >= 0, not {self.steered}")
+        if self.steered and self.reuse:
+            raise ValueError("steered faces are captured into the run's own data: use --steered or --reuse, not both")
         if not 0 < self.truncation <= 1 or not 0 <= self.mixing <= 1:
             raise ValueError("truncation must be in (0, 1] and mixing in [0, 1]")
         unknown = set(self.mode_list) - set(MODES)
@@ -93,11 +105,31 @@ class RigTrainConfig:
         if min(self.w_rec, self.w_edit, self.w_consist, self.w_real, self.target_spread) < 0:
             raise ValueError("loss weights and target_spread must be >= 0")
         for mode in MODES:
+            self.edit_targets_for(mode)
+        for mode in MODES:
             self.weights_for(mode)
 
     @property
     def mode_list(self) -> list[str]:
         return [m.strip() for m in self.modes.split(",") if m.strip()]
+
+    def edit_targets_for(self, mode: str) -> float:
+        """``mode``'s fraction of sampled-edit targets, from ``edit_targets``."""
+        text, value = self.edit_targets.strip(), 0.0
+        if "=" not in text:
+            text = ",".join(f"{m}={text or 0}" for m in MODES)
+        for item in text.split(","):
+            name, _, number = item.partition("=")
+            try:
+                fraction = float(number)
+            except ValueError:
+                fraction = math.nan
+            if name.strip() not in MODES or not 0 <= fraction <= 1:
+                raise ValueError(f"edit_targets: {item.strip()!r} in {self.edit_targets!r} is not MODE=F with MODE one of "
+                                 f"{', '.join(MODES)} and F in [0, 1] (or one F for every mode)")
+            if name.strip() == mode:
+                value = fraction
+        return value
 
     def weights_for(self, mode: str) -> LossWeights:
         """The loss weights of ``mode``'s RigNet: the --w-* ones with ``mode_weights``' overrides."""
@@ -216,33 +248,52 @@ class RigTrainer:
         cfg, folder = self.cfg, self.data_dir
         folder.mkdir(exist_ok=True)
         fitter = ModelFitter(CAPTURE_SIZE, "cpu", self.face)
-        n_chunks = math.ceil(cfg.samples / CHUNK)
-        for index in tqdm(range(n_chunks), desc="capturing generated faces"):
-            path = folder / f"chunk_{index:04d}.safetensors"
-            if path.exists():
-                continue
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
-            n = min(CHUNK, cfg.samples - index * CHUNK)
-            with torch.no_grad():
-                w_plus = sample_latents(self.generator, n, gen, cfg.truncation, self.latent_avg, cfg.mixing)
-            images = to_uint8(render_latents(self.generator, w_plus))
-            items, found, fit = capture_images(fitter, images)
-            found = torch.from_numpy(found)
-            tensors = {"w_plus": w_plus[found].contiguous(), "found": found}
-            if fit is not None:
-                tensors.update({f"params.{k}": v.detach().float().contiguous() for k, v in fit.params.to_dict().items()})
-                tensors["landmark_error"] = fit.landmark_error.detach()
-                tensors["frame"] = torch.tensor(np.stack([crop_frame(it.transform, images.shape[1], CAPTURE_SIZE)
-                                                          for it in items]), dtype=torch.float32)
-            atomic_save_safetensors(tensors, path)
-        chunks = [read_tensors(folder / f"chunk_{i:04d}.safetensors")[0] for i in range(n_chunks)]
-        data = {"found": torch.cat([c["found"] for c in chunks])}
+
+        def capture_chunks(prefix: str, total: int, seed: int, move=None) -> list[dict[str, torch.Tensor]]:
+            n_chunks = math.ceil(total / CHUNK)
+            for index in tqdm(range(n_chunks), desc=f"capturing generated faces ({prefix})"):
+                path = folder / f"{prefix}_{index:04d}.safetensors"
+                if path.exists():
+                    continue
+                gen = torch.Generator().manual_seed(seed + index)
+                n = min(CHUNK, total - index * CHUNK)
+                with torch.no_grad():
+                    w_plus = sample_latents(self.generator, n, gen, cfg.truncation, self.latent_avg, cfg.mixing)
+                    w_plus = move(w_plus, gen) if move else w_plus
+                images = to_uint8(render_latents(self.generator, w_plus))
+                items, found, fit = capture_images(fitter, images)
+                found = torch.from_numpy(found)
+                tensors = {"w_plus": w_plus[found].contiguous(), "found": found}
+                if fit is not None:
+                    tensors.update({f"params.{k}": v.detach().float().contiguous() for k, v in fit.params.to_dict().items()})
+                    tensors["landmark_error"] = fit.landmark_error.detach()
+                    tensors["frame"] = torch.tensor(np.stack([crop_frame(it.transform, images.shape[1], CAPTURE_SIZE)
+                                                              for it in items]), dtype=torch.float32)
+                atomic_save_safetensors(tensors, path)
+            return [read_tensors(folder / f"{prefix}_{i:04d}.safetensors")[0] for i in range(n_chunks)]
+
+        def merged(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            keys = dict.fromkeys(k for c in chunks for k in c)  # a chunk where dlib found no face has no fit
+            return {key: torch.cat([c[key] for c in chunks if key in c]) for key in keys}
+
+        data = merged(capture_chunks("chunk", cfg.samples, cfg.seed * 1_000_003))
         if int(data["found"].sum()) < MIN_FACES:
             raise ValueError(f"{cfg.generator}: dlib found a face in only {int(data['found'].sum())} of "
                              f"{data['found'].numel()} generated samples (need {MIN_FACES}); train the generator longer")
-        for key in chunks[0]:
-            if key != "found":
-                data[key] = torch.cat([c[key] for c in chunks if key in c])
+        if cfg.steered:
+            directions = attribute_directions(self.face, data)
+
+            def move(w_plus: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+                which = torch.randint(len(directions), (len(w_plus),), generator=gen)
+                amount = STEER_SPAN * (2 * torch.rand(len(w_plus), 1, 1, generator=gen) - 1)
+                return w_plus + amount * directions[which]
+
+            steered = merged(capture_chunks("steered", cfg.steered, cfg.seed * 1_000_003 + 500_009, move))
+            # The DFR trains on both; the face rate, landmark error and framing stay the natural samples'.
+            for key in steered:
+                if key == "w_plus" or key.startswith("params."):
+                    data[key] = torch.cat([data[key], steered[key]])
+            data["steered_found"] = steered["found"]
         return data
 
     # ---- stage 2: DFR ----
@@ -346,6 +397,10 @@ class RigTrainer:
         gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
         weights = cfg.weights_for(mode)
         latent_dfr, realism = self.latent_dfr(dfr), self.realism if weights.real else None
+        targets = None
+        if cfg.edit_targets_for(mode) or cfg.target_spread:
+            targets = TargetSampler(self.face, self.space, self.template, mode, cfg.edit_targets_for(mode),
+                                    cfg.target_spread, gen)
         opt = torch.optim.Adam(rignet.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.rig_steps)
         log, bar = [], tqdm(range(cfg.rig_steps), desc=f"RigNet {mode}")
@@ -354,7 +409,7 @@ class RigTrainer:
                 w = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
                 v = sample_latents(self.generator, cfg.rig_batch_size, gen, cfg.truncation, self.latent_avg, cfg.mixing)
             losses = rignet_losses(rignet, latent_dfr, self.space, self.distance, self.template, w, v, mode,
-                                   weights, realism, cfg.target_spread)
+                                   weights, realism, targets)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
@@ -386,9 +441,36 @@ class RigTrainer:
         atomic_write_json(self.out / "summary.json", {
             "samples": int(found.numel()), "faces_found": int(found.sum()), "face_rate": float(found.float().mean()),
             "median_landmark_error_px": float(data["landmark_error"].median()), "frame": frame,
+            **({"steered": int(data["steered_found"].numel()), "steered_faces_found": int(data["steered_found"].sum())}
+               if "steered_found" in data else {}),
             "seconds_this_run": round(time.time() - start, 1), "threads": self.threads,
         })
         return folder
+
+
+def attribute_directions(face, data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(K, n_latent, style_dim) W+ directions of yaw, pitch, smile, jaw opening and the light's direction (x,
+    y) in captured generated faces: the mean W+ of the top tenth minus that of the bottom tenth (class means,
+    as InterFaceGAN's boundaries but without a classifier), so a step of 1 moves a face by about the spread
+    of its attribute among the generator's samples."""
+    from facerig.face3d.light import dominant_direction
+    from facerig.face3d.rotation import axis_angle_to_euler
+
+    euler = axis_angle_to_euler(data["params.rotation"])
+    expression, light = data["params.expression"], dominant_direction(data["params.light"])
+    smile = [i for i in (face.expression_names.index(n) for n in ("mouthSmile_L", "mouthSmile_R")
+                         if n in face.expression_names)]
+    attributes = [euler[:, 0], euler[:, 1], light[:, 0], light[:, 1]]
+    if smile:
+        attributes.append(expression[:, smile].mean(1))
+    if "jawOpen" in face.expression_names:
+        attributes.append(expression[:, face.expression_index("jawOpen")])
+    w = data["w_plus"]
+    out = []
+    for a in attributes:
+        low, high = a.quantile(0.1), a.quantile(0.9)
+        out.append(w[a >= high].mean(0) - w[a <= low].mean(0))
+    return torch.stack(out)
 
 
 def dfr_error(predicted, captured) -> dict[str, float]:
