@@ -120,10 +120,7 @@ class RigTrainConfig:
             text = ",".join(f"{m}={text or 0}" for m in MODES)
         for item in text.split(","):
             name, _, number = item.partition("=")
-            try:
-                fraction = float(number)
-            except ValueError:
-                fraction = math.nan
+            fraction = _number(number)
             if name.strip() not in MODES or not 0 <= fraction <= 1:
                 raise ValueError(f"edit_targets: {item.strip()!r} in {self.edit_targets!r} is not MODE=F with MODE one of "
                                  f"{', '.join(MODES)} and F in [0, 1] (or one F for every mode)")
@@ -142,16 +139,21 @@ class RigTrainConfig:
             for assignment in assignments.split(","):
                 term, _, value = assignment.partition("=")
                 term = term.strip()
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = math.nan
+                number = _number(value)
                 if term not in LossWeights.__dataclass_fields__ or not number >= 0 or math.isinf(number):
                     raise ValueError(f"mode_weights: {assignment.strip()!r} in {item!r} is not TERM=W with TERM one of "
                                      f"{', '.join(LossWeights.__dataclass_fields__)} and a finite W >= 0")
                 if name == mode:
                     weights = replace(weights, **{term: number})
         return weights
+
+
+def _number(text: str) -> float:
+    """A float from an option's text; NaN (which every range check refuses) when it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def sample_latents(generator, n: int, gen: torch.Generator, truncation: float, latent_avg: torch.Tensor,
@@ -458,12 +460,12 @@ def attribute_directions(face, data: dict[str, torch.Tensor]) -> torch.Tensor:
 
     euler = axis_angle_to_euler(data["params.rotation"])
     expression, light = data["params.expression"], dominant_direction(data["params.light"])
-    smile = [i for i in (face.expression_names.index(n) for n in ("mouthSmile_L", "mouthSmile_R")
-                         if n in face.expression_names)]
+    names = face.expression_names
+    smile = [face.expression_index(n) for n in ("mouthSmile_L", "mouthSmile_R") if n in names]
     attributes = [euler[:, 0], euler[:, 1], light[:, 0], light[:, 1]]
     if smile:
         attributes.append(expression[:, smile].mean(1))
-    if "jawOpen" in face.expression_names:
+    if "jawOpen" in names:
         attributes.append(expression[:, face.expression_index("jawOpen")])
     w = data["w_plus"]
     out = []
