@@ -92,6 +92,23 @@ def test_resume_refuses_changed_seed_and_fresh_run_over_old(images, full_run):
         train(_cfg(images, full_run))
 
 
+def test_init_from_starts_from_another_runs_networks(images, full_run, tmp_path):
+    """Fine-tuning: a run's G, G_ema and D start as another run's final ones; its optimizers and step afresh."""
+    trainer = gan_train.GanTrainer(_cfg(images, tmp_path / "tuned", init_from=str(full_run)))
+    final = _weights(full_run / "checkpoints/step_00000006")
+    for model, name in ((trainer.g, gan_train.G_FILE), (trainer.g_ema, gan_train.G_EMA_FILE),
+                        (trainer.d, gan_train.D_FILE)):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, final[f"{name}/{k}"]), (name, k)
+    assert trainer.step == 0 and not trainer.g_opt.state and not trainer.d_opt.state
+    train(_cfg(images, tmp_path / "tuned2", init_from=str(full_run / "checkpoints/step_00000003"), steps=1))
+    assert (tmp_path / "tuned2" / "checkpoints" / "step_00000001").is_dir()
+    with pytest.raises(FileNotFoundError, match="not a GAN run"):
+        gan_train.GanTrainer(_cfg(images, tmp_path / "bad", init_from=str(images)))
+    with pytest.raises(ValueError, match="does not fit"):
+        gan_train.GanTrainer(_cfg(images, tmp_path / "wide", init_from=str(full_run), channel_max=32))
+
+
 def test_export_loads_with_load_rosinality(full_run, tmp_path):
     g = load_generator(full_run)
     pt = export_rosinality(full_run, tmp_path / "g.pt")

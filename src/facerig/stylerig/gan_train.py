@@ -91,6 +91,8 @@ class GanTrainConfig:
     ckpt_every: int = option(2000, "steps between checkpoints")
     keep_checkpoints: int = option(2, "checkpoints kept on disk")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint")
+    init_from: str | None = option(None, "a GAN run or checkpoint folder whose G, G_ema and D start this run "
+                                         "(fine-tuning on other data; optimizers, step and schedule start afresh)")
     device: str | None = option(None, "device (default: cuda if available)")
 
     def __post_init__(self):
@@ -220,6 +222,8 @@ class GanTrainer:
         if resume_dir is not None:
             self._load(resume_dir)
         else:
+            if cfg.init_from:
+                self._load_networks(_init_checkpoint(cfg.init_from))
             atomic_write_json(self.out / "config.json", {"train": asdict(cfg), "generator": cfg.generator_config(),
                                                          "images": len(self.images)})
             self.log_path.unlink(missing_ok=True)
@@ -252,10 +256,13 @@ class GanTrainer:
             raise ValueError(f"{ckdir}: --resume with settings that define the run changed ({'; '.join(changed)}); "
                              f"start a new run in another --out instead")
 
-    def _load(self, ckdir: Path) -> None:
+    def _load_networks(self, ckdir: Path) -> None:
         for model, name in ((self.g, G_FILE), (self.g_ema, G_EMA_FILE), (self.d, D_FILE)):
             state, _ = read_tensors(ckdir / name)
             load_state_dict_checked(model, state, str(ckdir / name))
+
+    def _load(self, ckdir: Path) -> None:
+        self._load_networks(ckdir)
         meta = json.loads((ckdir / "trainer.json").read_text())
         tensors, _ = read_tensors(ckdir / "trainer.safetensors")
         for opt, key, ratio in ((self.g_opt, "g", self.g_ratio), (self.d_opt, "d", self.d_ratio)):
@@ -404,6 +411,16 @@ class GanTrainer:
         atomic_write_json(self.out / LATEST_FILE, {"checkpoint": rel, "step": self.step})
         rotate_checkpoints(ckdir, cfg.keep_checkpoints)
         return ckdir
+
+
+def _init_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder of ``--init-from`` (a run's latest, or the folder itself), with all three networks."""
+    path = Path(path)
+    ckdir = _latest(path) if (path / LATEST_FILE).exists() else path
+    missing = [name for name in (G_FILE, G_EMA_FILE, D_FILE) if not (ckdir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: not a GAN run or checkpoint folder (no {', '.join(missing)})")
+    return ckdir
 
 
 def _latest(run: Path) -> Path:
