@@ -6,6 +6,8 @@ Three resumable stages in one run folder (each skipped when its output exists):
    mixing with probability ``mixing``, so the DFR also sees W+ that are not one repeated w), captured by
    facerig's capture exactly as a photo would be: the fitted parameters, the landmark error, and where the
    FFHQ crop lies in the generated image. Faces dlib does not find are kept as misses (the detection rate).
+   With ``steered``, ``data/steered_NNNN.safetensors`` adds faces moved along the captures' own attribute
+   directions (``attribute_directions``), for the DFR only.
 2. ``dfr_KIND.safetensors``: the DFR regressed onto those captures (``face_distance`` + a small L2 on the
    normalised vector); ``dfr_KIND.json`` holds its error on held-out samples, per parameter, in ``facerig eval``'s
    units: the "DFR's own error" that unedited parameters are compared against. With ``dfr_augment`` the image
