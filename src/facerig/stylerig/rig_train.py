@@ -401,10 +401,9 @@ class RigTrainer:
         gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
         weights = cfg.weights_for(mode)
         latent_dfr, realism = self.latent_dfr(dfr), self.realism if weights.real else None
-        targets = None
-        if cfg.edit_targets_for(mode) or cfg.target_spread:
-            targets = TargetSampler(self.face, self.space, self.template, mode, cfg.edit_targets_for(mode),
-                                    cfg.target_spread, gen)
+        edits, targets = cfg.edit_targets_for(mode), None
+        if edits or cfg.target_spread:
+            targets = TargetSampler(self.face, self.space, self.template, mode, edits, cfg.target_spread, gen)
         opt = torch.optim.Adam(rignet.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.rig_steps)
         log, bar = [], tqdm(range(cfg.rig_steps), desc=f"RigNet {mode}")
