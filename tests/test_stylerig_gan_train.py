@@ -88,6 +88,8 @@ def test_resumed_run_is_bit_identical(images, full_run, tmp_path):
 def test_resume_refuses_changed_seed_and_fresh_run_over_old(images, full_run):
     with pytest.raises(ValueError, match="seed 3 -> 4"):
         train(_cfg(images, full_run, resume=True, seed=4, steps=8))
+    with pytest.raises(ValueError, match="frame '0.5,0.5,1' -> '0.5,0.4,1.25'"):
+        train(_cfg(images, full_run, resume=True, frame="0.5,0.4,1.25", steps=8))
     with pytest.raises(ValueError, match="already holds"):
         train(_cfg(images, full_run))
 
@@ -133,6 +135,22 @@ def test_capture_dataset_and_image_folder(images, tmp_path):
     assert load_images(images, 8).shape == (8, 3, 8, 8)
     with pytest.raises(ValueError, match="no training images"):
         load_images(tmp_path / "capture" / "shards", 16)
+
+
+def test_frame_keeps_the_generators_part_of_each_image(tmp_path):
+    """--frame 0.5,0.25,2 (a face twice the size, its centre a quarter down) keeps the square's box
+    x 0.25-0.75, y 0.375-0.875: a white patch there fills the training image."""
+    img = np.zeros((40, 60, 3), np.uint8)  # centre square: columns 10-50
+    img[15:35, 20:40] = 255
+    Image.fromarray(img).save(tmp_path / "a.png")
+    cfg = GanTrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), frame="0.5,0.25,2")
+    assert cfg.frame_box == (0.25, 0.375, 0.75, 0.875)
+    framed = load_images(tmp_path, 8, cfg.frame_box)[0].float()
+    assert framed[:, 1:-1, 1:-1].min() > 250 and framed.min() > 200  # Lanczos rings at the border only
+    assert load_images(tmp_path, 8)[0].float().mean() < 100  # the default frame: the whole centre square
+    for bad, why in (("0.5,0.5", "three numbers"), ("0.5,0.5,0", "SIDE > 0"), ("0.5,0.5,0.8", "outside")):
+        with pytest.raises(ValueError, match=why):
+            GanTrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), frame=bad)
 
 
 def test_r1_is_fp32_under_bf16_autocast():

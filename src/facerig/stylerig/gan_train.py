@@ -57,7 +57,7 @@ DISCRIMINATOR_FORMAT = "facerig-stylegan2-discriminator"
 G_FILE, G_EMA_FILE, D_FILE = "generator.safetensors", "g_ema.safetensors", "discriminator.safetensors"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Settings a resumed run must share with its checkpoint: they define the model, its data and its randomness.
-RESUME_FIXED = ("data", "size", "seed", "channel_base", "channel_max", "style_dim", "n_mlp", "mirror")
+RESUME_FIXED = ("data", "frame", "size", "seed", "channel_base", "channel_max", "style_dim", "n_mlp", "mirror")
 SAMPLE_ROWS, SAMPLE_COLS = 4, 8
 
 
@@ -67,6 +67,10 @@ class GanTrainConfig:
                                         "PNG/JPG images (centre square crop)"})
     out: str = field(metadata={"help": "run folder: checkpoints, log.jsonl, sample grids"})
     size: int = option(64, "image size (a power of 2, >= 8)")
+    frame: str = option("0.5,0.5,1", "'CX,CY,SIDE': the part of each image's centre square the generator sees, as "
+                                     "a StyleRig model's frame (generated pixel g, in unit coordinates, shows the "
+                                     "square's (g - C) / SIDE + 0.5); to fine-tune a generator on data framed like "
+                                     "another's, pass that model's config.json frame")
     channel_base: int = option(2048, "channels at resolution r: min(channel_base // r, channel_max), for G and D")
     channel_max: int = option(256, "the largest channel count")
     style_dim: int = option(256, "z and w dimension")
@@ -116,6 +120,21 @@ class GanTrainConfig:
         if self.precision not in runtime.PRECISIONS:
             raise ValueError(f"precision must be one of {runtime.PRECISIONS}, not {self.precision!r}")
         parse_policy(self.augment)
+        self.frame_box  # raises on a bad --frame
+
+    @property
+    def frame_box(self) -> tuple[float, float, float, float]:
+        """The --frame as a box (left, top, right, bottom) in unit coordinates of the centre square."""
+        try:
+            cx, cy, side = (float(v) for v in self.frame.split(","))
+        except ValueError:
+            raise ValueError(f"frame must be 'CX,CY,SIDE' (three numbers), not {self.frame!r}") from None
+        if not (math.isfinite(cx) and math.isfinite(cy) and math.isfinite(side) and side > 0):
+            raise ValueError(f"frame needs finite numbers and SIDE > 0, not {self.frame!r}")
+        box = (0.5 - cx / side, 0.5 - cy / side, 0.5 + (1 - cx) / side, 0.5 + (1 - cy) / side)
+        if min(box) < 0 or max(box) > 1:
+            raise ValueError(f"frame {self.frame!r} reaches outside the image (box {tuple(round(v, 3) for v in box)})")
+        return box
 
     @property
     def channels(self) -> dict[int, int]:
@@ -135,29 +154,34 @@ class GanTrainConfig:
 
 # ---- data ----
 
-def _square_uint8(img: Image.Image, size: int) -> Tensor:
-    """The centre square of an image, resized to ``size`` (Lanczos), as (3,size,size) uint8."""
+def _framed_uint8(img: Image.Image, size: int, frame_box: tuple[float, ...]) -> Tensor:
+    """``frame_box`` (unit coordinates) of an image's centre square, resized to ``size`` (Lanczos), as
+    (3,size,size) uint8."""
     w, h = img.size
     s = min(w, h)
-    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    x0, y0 = (w - s) // 2, (h - s) // 2
+    left, top, right, bottom = frame_box
+    box = (x0 + s * left, y0 + s * top, x0 + s * right, y0 + s * bottom)
     return torch.from_numpy(np.array(img.convert("RGB").resize((size, size), Image.LANCZOS, box=box))).permute(2, 0, 1)
 
 
-def load_images(data: str | Path, size: int) -> Tensor:
+def load_images(data: str | Path, size: int, frame_box: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0)) -> Tensor:
     """Every training image of ``data`` at ``size``: (N,3,size,size) uint8. A capture dataset folder (with its
-    info.json) gives its aligned crops; any other folder its PNG/JPG files, recursively, in name order."""
+    info.json) gives its aligned crops; any other folder its PNG/JPG files, recursively, in name order.
+    ``frame_box`` is the part of each image's centre square kept (``GanTrainConfig.frame_box``)."""
     root = Path(data)
     if (root / "info.json").exists():
         ds = CaptureDataset(root)
         crops = (((ds[i]["image"] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy() for i in range(len(ds)))
-        images = [_square_uint8(Image.fromarray(c), size) for c in tqdm(crops, total=len(ds), desc="loading", leave=False)]
+        images = [_framed_uint8(Image.fromarray(c), size, frame_box)
+                  for c in tqdm(crops, total=len(ds), desc="loading", leave=False)]
     elif root.is_dir():
         images = []
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         for path in tqdm(files, desc="loading", leave=False, disable=len(files) < 1000):
             try:
                 with Image.open(path) as img:
-                    images.append(_square_uint8(img, size))
+                    images.append(_framed_uint8(img, size, frame_box))
             except OSError as exc:
                 raise ValueError(f"{path}: unreadable image ({exc})") from None
     else:
@@ -191,7 +215,7 @@ class GanTrainer:
         self.out = writable_folder(cfg.out, "run folder")
         self.log_path = self.out / "log.jsonl"
         resume_dir = self._resume_dir()
-        self.images = load_images(cfg.data, cfg.size).to(self.device)
+        self.images = load_images(cfg.data, cfg.size, cfg.frame_box).to(self.device)
         if resume_dir is not None:
             self._check_resume_settings(resume_dir)
 
@@ -248,6 +272,8 @@ class GanTrainer:
         """Refuse to resume with a setting that defines the run changed; the others apply from here on."""
         meta = json.loads((ckdir / "trainer.json").read_text())
         before = meta["train_config"]
+        defaults = GanTrainConfig.__dataclass_fields__  # a run from before a setting existed had its default
+        before = {k: before.get(k, defaults[k].default) for k in RESUME_FIXED}
         changed = [f"{k} {before[k]!r} -> {getattr(self.cfg, k)!r}" for k in RESUME_FIXED
                    if same_setting(k, before[k]) != same_setting(k, getattr(self.cfg, k))]
         if meta["images"] != len(self.images):
