@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from facerig import runtime
+from facerig.face3d.light import dominant_direction
+from facerig.face3d.rotation import axis_angle_to_euler
 from facerig.io import atomic_save_safetensors, atomic_write_json, writable_folder
 from facerig.stylerig.augment import geometric_blur_noise
 from facerig.stylerig.rig import (
@@ -456,9 +458,6 @@ def attribute_directions(face, data: dict[str, torch.Tensor]) -> torch.Tensor:
     y) in captured generated faces: the mean W+ of the top tenth minus that of the bottom tenth (class means,
     as InterFaceGAN's boundaries but without a classifier), so a step of 1 moves a face by about the spread
     of its attribute among the generator's samples."""
-    from facerig.face3d.light import dominant_direction
-    from facerig.face3d.rotation import axis_angle_to_euler
-
     euler = axis_angle_to_euler(data["params.rotation"])
     expression, light = data["params.expression"], dominant_direction(data["params.light"])
     names = face.expression_names
