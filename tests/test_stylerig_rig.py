@@ -18,7 +18,8 @@ from facerig.face3d.rotation import axis_angle_to_euler, euler_to_axis_angle
 from facerig.stylerig.gan_train import DISCRIMINATOR_FORMAT, GENERATOR_FORMAT
 from facerig.stylerig.model import StyleRigModel, frame_crop, style_mix, to_frame
 from facerig.stylerig.rig import (
-    DFR, EDIT_YAW, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, TargetSampler, field_sizes, mix, rignet_losses,
+    DFR, EDIT_YAW, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, TargetSampler, field_sizes, mix,
+    principal_directions, rignet_losses,
 )
 from facerig.stylerig.rig_train import attribute_directions
 from facerig.stylerig.stylegan2 import Discriminator, Generator
@@ -77,6 +78,40 @@ def test_rignet_starts_as_identity_and_steering_needs_the_source():
     assert torch.equal(net(w, torch.randn(2, 3)), w)
     with pytest.raises(ValueError, match="source"):
         RigNet(6, 32, 3, steering=True)(w, torch.randn(2, 3))
+
+
+def test_relative_rignet_keeps_w_when_asked_for_its_own_parameters():
+    """Trained weights (here random, biases too) move w for any other target, never for the source's own."""
+    torch.manual_seed(0)
+    net = RigNet(6, 32, 3, relative=True)
+    for p in (net.out, net.out_bias, net.hidden_bias):
+        torch.nn.init.normal_(p, std=0.1)
+    w, own, other = torch.randn(4, 6, 32), torch.randn(4, 3), torch.randn(4, 3)
+    assert torch.equal(net(w, own, own), w)
+    assert (net(w, other, own) - w).abs().amax((1, 2)).min() > 1e-3
+    direct = RigNet(6, 32, 3)
+    direct.load_state_dict(net.state_dict())
+    assert (direct(w, own) - w).abs().amax() > 1e-3  # the paper's form needs L_rec to learn this
+    with pytest.raises(ValueError, match="source"):
+        net(w, other)
+    with pytest.raises(ValueError, match="both"):
+        RigNet(6, 32, 3, steering=True, relative=True)
+
+
+def test_subspace_rignet_moves_w_only_along_its_basis(generator):
+    """Delta w lies in the span of the generator's leading principal directions, which are orthonormal."""
+    torch.manual_seed(0)
+    basis = principal_directions(generator, 4, n=2000)
+    assert_close(basis @ basis.T, torch.eye(4), atol=1e-5, rtol=0)
+    net = RigNet(generator.n_latent, generator.style_dim, 3, subspace=4)
+    net.basis.copy_(basis)
+    torch.nn.init.normal_(net.out, std=0.1)
+    w = torch.randn(2, generator.n_latent, generator.style_dim)
+    delta = net(w, torch.randn(2, 3)) - w
+    assert delta.abs().amax() > 1e-3
+    assert_close(delta @ basis.T @ basis, delta, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="subspace"):
+        RigNet(6, 32, 3, subspace=33)
 
 
 def test_rignet_losses_train(face):
@@ -160,13 +195,14 @@ def test_target_sampler_edits_only_the_modes_fields(face):
         TargetSampler(face, space, template, "pose", edits=1.5)
 
 
-def _model(face, generator, modes=tuple(MODES)) -> StyleRigModel:
+def _model(face, generator, modes=tuple(MODES), relative: bool = False) -> StyleRigModel:
     space = ParamSpace(field_sizes(face))
     torch.manual_seed(1)
     dfr = DFR(generator.n_latent, generator.style_dim, space.dim)
     rignets = {}
     for mode in modes:
-        net = RigNet(generator.n_latent, generator.style_dim, sum(s.stop - s.start for s in space.slices(MODES[mode])))
+        net = RigNet(generator.n_latent, generator.style_dim, sum(s.stop - s.start for s in space.slices(MODES[mode])),
+                     relative=relative)
         torch.nn.init.normal_(net.out, std=0.05)  # not the identity, so edits show
         rignets[mode] = net
     return StyleRigModel.build(generator, torch.zeros(generator.style_dim), dfr, space, rignets, 0.7, [0.5, 0.55, 1.6])
@@ -184,6 +220,17 @@ def test_model_folder_round_trip_and_rig_modes(face, generator, tmp_path):
     assert loaded.rig(w, target, ("rotation",))[1] == "pose"
     assert loaded.rig(w, target, ("rotation", "light"))[1] == "all"
     assert not torch.equal(loaded.rig(w, target, ("rotation",))[0], w)
+
+
+def test_relative_model_round_trip_keeps_unedited_faces(face, generator, tmp_path):
+    """A relative rig saved and loaded is still relative: asked for DFR's own parameters it returns w."""
+    loaded = StyleRigModel.from_pretrained(_model(face, generator, relative=True).save_pretrained(tmp_path / "rig"))
+    assert loaded.config.relative and all(net.relative for net in loaded.rignets.values())
+    w, template = loaded.latent(3), face.default_params(1)
+    own = loaded.face_params(w, template)
+    # exact up to the float round trip of parameters -> normalised vector
+    assert_close(loaded.rig(w, own, ("rotation", "expression", "light"))[0], w, atol=1e-5, rtol=0)
+    assert not torch.equal(loaded.rig(w, _yawed(face, 30.0), ("rotation",))[0], w)
 
 
 def test_style_mix_takes_layer_groups(generator):
@@ -319,6 +366,14 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     assert (tmp_path / "eot" / "dfr_image_eot.safetensors").exists()
     with pytest.raises(ValueError, match="dfr_augment"):
         dataclasses.replace(cfg, dfr_augment=True)
+    # Relative, subspace RigNets train from the same captures and DFR, and the model remembers their form.
+    relative = dataclasses.replace(cfg, out=str(tmp_path / "relative"), relative=True, subspace=4, modes="light",
+                                   reuse=str(tmp_path / "run"))
+    rig = StyleRigModel.from_pretrained(rig_train.train(relative))
+    assert rig.config.relative and rig.rignets["light"].relative and rig.config.subspace == 4
+    assert_close(rig.rignets["light"].basis, principal_directions(rig.generator, 4), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="steering and relative"):
+        dataclasses.replace(relative, steering=True)
     assert [dataclasses.replace(cfg, edit_targets=t).edit_targets_for("light") for t in ("0.5", "light=0.3", "pose=1")] \
         == [0.5, 0.3, 0.0]
     for bad in ("1.5", "light", "light=x", "smile=0.5", "light=-1"):

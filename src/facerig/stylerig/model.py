@@ -33,6 +33,8 @@ class StyleRigConfig:
     # The FFHQ crop of a generated face, in units of the generated image: centre x, centre y, side.
     frame: list[float] = field(default_factory=lambda: [0.5, 0.5, 1.0])
     steering: bool = False  # RigNets are the steering baseline (delta p -> delta w)
+    relative: bool = False  # RigNets edit by delta(w, target) - delta(w, source) (``RigNet``)
+    subspace: int = 0  # RigNets write delta w in this many principal directions of W (0: all of W)
     dfr: str = "mlp"  # "mlp": the paper's DFR on W+; "image": a CNN on the generated image
 
     def to_dict(self) -> dict:
@@ -69,15 +71,20 @@ class StyleRigModel(PretrainedMixin, nn.Module):
         self.dfr = dfr.requires_grad_(False)
         self.rignets = nn.ModuleDict({
             mode: RigNet(g.n_latent, g.style_dim, sum(s.stop - s.start for s in self.space.slices(MODES[mode])),
-                         steering=config.steering).requires_grad_(False)
+                         steering=config.steering, relative=config.relative,
+                         subspace=config.subspace).requires_grad_(False)
             for mode in config.modes})
 
     @classmethod
     def build(cls, generator: Generator, latent_avg: Tensor, dfr: DFR | ImageDFR, space: ParamSpace,
-              rignets: dict[str, RigNet], truncation: float, frame: list[float], steering: bool = False) -> "StyleRigModel":
+              rignets: dict[str, RigNet], truncation: float, frame: list[float]) -> "StyleRigModel":
+        forms = {(net.steering, net.relative, net.subspace) for net in rignets.values()}
+        if len(forms) != 1:
+            raise ValueError(f"the RigNets of one model share one form (steering, relative, subspace), not {sorted(forms)}")
+        steering, relative, subspace = forms.pop()
         config = StyleRigConfig({"size": generator.size, "style_dim": generator.style_dim, "n_mlp": len(generator.style) - 1,
                                  "channels": generator.channels}, space.sizes, list(rignets), truncation, list(frame), steering,
-                                "image" if isinstance(dfr, ImageDFR) else "mlp")
+                                relative, subspace, "image" if isinstance(dfr, ImageDFR) else "mlp")
         state = {**{f"generator.{k}": v for k, v in generator.state_dict().items()}, "latent_avg": latent_avg,
                  **{f"space.{k}": v for k, v in space.state_dict().items()},
                  **{f"dfr.{k}": v for k, v in dfr.state_dict().items()},

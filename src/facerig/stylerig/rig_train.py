@@ -37,7 +37,8 @@ from facerig.face3d.rotation import axis_angle_to_euler
 from facerig.io import atomic_save_safetensors, atomic_write_json, writable_folder
 from facerig.stylerig.augment import geometric_blur_noise
 from facerig.stylerig.rig import (
-    DFR, MODES, FaceDistance, ImageDFR, LossWeights, ParamSpace, RigNet, TargetSampler, field_sizes, rignet_losses,
+    DFR, MODES, FaceDistance, ImageDFR, LossWeights, ParamSpace, RigNet, TargetSampler, field_sizes, principal_directions,
+    rignet_losses,
 )
 from facerig.stylerig.stylegan2 import render_latents
 from facerig.training import option
@@ -87,6 +88,11 @@ class RigTrainConfig:
                                     "(generated faces rarely differ by the edits people ask for): F for every "
                                     "RigNet, or MODE=F[,MODE=F] (others 0)")
     steering: bool = option(False, "train the steering baseline instead (delta p -> delta w, no w input)")
+    relative: bool = option(False, "relative RigNets: w' = w + delta(w, target) - delta(w, source), so a pass asked for "
+                                   "the source's own parameters is exact (L_rec is 0 by construction; not in the paper)")
+    subspace: int = option(0, "RigNets write delta w in this many leading principal directions of the generator's W "
+                              "(0: all of W; not in the paper), so edits move the face along directions the "
+                              "generator's own faces vary in")
     reuse: str | None = option(None, "another run folder whose captures and DFR to use (ablations: same data, same DFR)")
     threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
     seed: int = option(0, "seed of the sampled latents and the networks")
@@ -104,6 +110,10 @@ class RigTrainConfig:
         unknown = set(self.mode_list) - set(MODES)
         if unknown or not self.mode_list:
             raise ValueError(f"modes must be some of {', '.join(MODES)}, not {self.modes!r}")
+        if self.subspace < 0:
+            raise ValueError(f"subspace must be >= 0, not {self.subspace}")
+        if self.steering and self.relative:
+            raise ValueError("steering and relative are two different RigNets: choose one")
         if self.dfr_augment and self.dfr != "image":
             raise ValueError("dfr_augment is for the image DFR (--dfr image)")
         if min(self.w_rec, self.w_edit, self.w_consist, self.w_real, self.target_spread) < 0:
@@ -395,11 +405,14 @@ class RigTrainer:
         path = self.out / f"rignet_{mode}.safetensors"
         n_params = sum(s.stop - s.start for s in self.space.slices(MODES[mode]))
         torch.manual_seed(cfg.seed)
-        rignet = RigNet(self.generator.n_latent, self.generator.style_dim, n_params, steering=cfg.steering)
+        rignet = RigNet(self.generator.n_latent, self.generator.style_dim, n_params, steering=cfg.steering,
+                        relative=cfg.relative, subspace=cfg.subspace)
         if path.exists():
             state, _ = read_tensors(path)
             rignet.load_state_dict(state)
             return rignet.eval()
+        if cfg.subspace:
+            rignet.basis.copy_(principal_directions(self.generator, cfg.subspace))
         gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
         weights = cfg.weights_for(mode)
         latent_dfr, realism = self.latent_dfr(dfr), self.realism if weights.real else None
@@ -440,8 +453,7 @@ class RigTrainer:
         dfr = self.train_dfr(data)
         rignets = {mode: self.train_rignet(dfr, mode) for mode in self.cfg.mode_list}
         frame = data["frame"].median(0).values.tolist()
-        model = StyleRigModel.build(self.generator, self.latent_avg, dfr, self.space, rignets, self.cfg.truncation,
-                                    frame, steering=self.cfg.steering)
+        model = StyleRigModel.build(self.generator, self.latent_avg, dfr, self.space, rignets, self.cfg.truncation, frame)
         folder = model.save_pretrained(self.out / "model")
         atomic_write_json(self.out / "summary.json", {
             "samples": int(found.numel()), "faces_found": int(found.sum()), "face_rate": float(found.float().mean()),
