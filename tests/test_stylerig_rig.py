@@ -15,7 +15,7 @@ from facerig.face3d import FaceParams
 from facerig.face3d.ict import load_ict
 from facerig.face3d.light import directional_light, dominant_direction, split_light
 from facerig.face3d.rotation import axis_angle_to_euler, euler_to_axis_angle
-from facerig.stylerig.gan_train import DISCRIMINATOR_FORMAT, GENERATOR_FORMAT
+from facerig.stylerig.gan_train import DISCRIMINATOR_FORMAT, GENERATOR_FORMAT, truncation_centre
 from facerig.stylerig.model import StyleRigModel, frame_crop, style_mix, to_frame
 from facerig.stylerig.rig import (
     DFR, EDIT_YAW, MODES, FaceDistance, LossWeights, ParamSpace, RigNet, TargetSampler, field_sizes, mix,
@@ -23,7 +23,7 @@ from facerig.stylerig.rig import (
 )
 from facerig.stylerig.rig_train import attribute_directions
 from facerig.stylerig.stylegan2 import Discriminator, Generator
-from facerig.weights import save_weights
+from facerig.weights import read_tensors, save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHANNELS = {4: 32, 8: 32, 16: 16}
@@ -387,6 +387,28 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "steered" / "dfr_mlp.json").read_text())["heldout_samples"] == 12
     with pytest.raises(ValueError, match="steered"):
         dataclasses.replace(steered, reuse=str(tmp_path / "run"))
+    # Faces edited by a rig over the same generator widen it too, each edit moving its latent.
+    edited = dataclasses.replace(cfg, out=str(tmp_path / "edited"), edited=40, edited_by=str(folder), modes="light")
+    rig_train.train(edited)
+    summary = json.loads((tmp_path / "edited" / "summary.json").read_text())
+    assert (summary["edited"], summary["edited_faces_found"]) == (40, 40)
+    moved = read_tensors(tmp_path / "edited" / "data" / "edited_0000.safetensors")[0]["w_plus"]
+    unmoved = rig_train.sample_latents(generator, 40, torch.Generator().manual_seed(700_001), cfg.truncation,
+                                       truncation_centre(generator), cfg.mixing)
+    assert (moved - unmoved).norm(dim=(1, 2)).min() > 0
+    rounds = dataclasses.replace(edited, out=str(tmp_path / "rounds"), edited=16, edited_by=f"{folder}, {folder}")
+    rig_train.train(rounds)
+    assert json.loads((tmp_path / "rounds" / "summary.json").read_text())["edited"] == 32
+    assert (tmp_path / "rounds" / "data" / "edited2_0000.safetensors").exists()
+    for bad in ({"edited": 40}, {"edited_by": str(folder)}, {"edited": 40, "edited_by": " , "}, {"edited": 40, "edited_by": str(folder), "reuse": str(tmp_path / "run")}):
+        with pytest.raises(ValueError, match="edited"):
+            dataclasses.replace(cfg, **bad)
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(1)
+    save_weights(Generator(16, 32, 2, channels=CHANNELS).state_dict(), other, GENERATOR_FORMAT,
+                 {"size": 16, "style_dim": 32, "n_mlp": 2, "channels": CHANNELS})
+    with pytest.raises(ValueError, match="another generator"):
+        rig_train.train(dataclasses.replace(edited, generator=str(other), out=str(tmp_path / "edited2")))
     # The realism term needs the discriminator trained beside the generator: a lone G file has none.
     real = dataclasses.replace(cfg, out=str(tmp_path / "real"), w_real=1.0, modes="light", reuse=str(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match="discriminator"):

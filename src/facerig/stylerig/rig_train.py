@@ -7,7 +7,9 @@ Three resumable stages in one run folder (each skipped when its output exists):
    facerig's capture exactly as a photo would be: the fitted parameters, the landmark error, and where the
    FFHQ crop lies in the generated image. Faces dlib does not find are kept as misses (the detection rate).
    With ``steered``, ``data/steered_NNNN.safetensors`` adds faces moved along the captures' own attribute
-   directions (``attribute_directions``), for the DFR only.
+   directions (``attribute_directions``), for the DFR only; with ``edited``, ``data/edited_NNNN.safetensors``
+   (``edited2_NNNN`` ... for further rigs) adds faces edited by other rigs over the same generator
+   (``rig_edits``), for the DFR only.
 2. ``dfr_KIND.safetensors``: the DFR regressed onto those captures (``face_distance`` + a small L2 on the
    normalised vector); ``dfr_KIND.json`` holds its error on held-out samples, per parameter, in ``facerig eval``'s
    units: the "DFR's own error" that unedited parameters are compared against. With ``dfr_augment`` the image
@@ -83,6 +85,11 @@ class RigTrainConfig:
     steered: int = option(0, "extra captured faces for the DFR: generated ones moved along the captures' own W+ "
                              "directions of yaw, pitch, smile, jaw opening and light, so that the DFR also knows the "
                              "edges of what the generator makes (where edits go)")
+    edited: int = option(0, "extra captured faces for the DFR: generated ones edited by the rig of --edited-by "
+                            "toward sampled pose, light and expression targets, so that the DFR learns what such "
+                            "edits really do to the image where they fooled it (a round of adversarial training)")
+    edited_by: str | None = option(None, "rig model folders (comma-separated: one per round) over the same generator "
+                                         "whose edits --edited captures, N faces each")
     edit_targets: str = option("0", "fraction of RigNet targets that are the source's own parameters with a sampled "
                                     "edit (yaw +-35 deg, a light direction, a smile...) instead of the other face's "
                                     "(generated faces rarely differ by the edits people ask for): F for every "
@@ -103,8 +110,12 @@ class RigTrainConfig:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.steered < 0:
             raise ValueError(f"steered must be >= 0, not {self.steered}")
-        if self.steered and self.reuse:
-            raise ValueError("steered faces are captured into the run's own data: use --steered or --reuse, not both")
+        if self.edited < 0:
+            raise ValueError(f"edited must be >= 0, not {self.edited}")
+        if (self.steered or self.edited) and self.reuse:
+            raise ValueError("steered and edited faces are captured into the run's own data: not with --reuse")
+        if bool(self.edited) != bool(self.edited_rigs):
+            raise ValueError("--edited N and --edited-by MODEL go together")
         if not 0 < self.truncation <= 1 or not 0 <= self.mixing <= 1:
             raise ValueError("truncation must be in (0, 1] and mixing in [0, 1]")
         unknown = set(self.mode_list) - set(MODES)
@@ -122,6 +133,10 @@ class RigTrainConfig:
             self.edit_targets_for(mode)
         for mode in MODES:
             self.weights_for(mode)
+
+    @property
+    def edited_rigs(self) -> list[str]:
+        return [d.strip() for d in (self.edited_by or "").split(",") if d.strip()]
 
     @property
     def mode_list(self) -> list[str]:
@@ -239,6 +254,7 @@ class RigTrainer:
         self.template = self.face.default_params(1)
         self.distance = FaceDistance(self.face)
         self.precision = runtime.resolve_precision("auto", "cpu")
+        self.edit_rigs = [self.load_edit_rig(d) for d in cfg.edited_rigs]  # before any work: they may not fit
         self._check_settings()
 
     def _check_settings(self) -> None:
@@ -296,6 +312,7 @@ class RigTrainer:
         if int(data["found"].sum()) < MIN_FACES:
             raise ValueError(f"{cfg.generator}: dlib found a face in only {int(data['found'].sum())} of "
                              f"{data['found'].numel()} generated samples (need {MIN_FACES}); train the generator longer")
+        extra = {}
         if cfg.steered:
             directions = attribute_directions(self.face, data)
 
@@ -304,13 +321,52 @@ class RigTrainer:
                 amount = STEER_SPAN * (2 * torch.rand(len(w_plus), 1, 1, generator=gen) - 1)
                 return w_plus + amount * directions[which]
 
-            steered = merged(capture_chunks("steered", cfg.steered, cfg.seed * 1_000_003 + 500_009, move))
-            # The DFR trains on both; the face rate, landmark error and framing stay the natural samples'.
-            for key in steered:
+            extra["steered"] = merged(capture_chunks("steered", cfg.steered, cfg.seed * 1_000_003 + 500_009, move))
+        for k, rig in enumerate(self.edit_rigs):
+            prefix = "edited" if k == 0 else f"edited{k + 1}"
+            extra[prefix] = merged(capture_chunks(prefix, cfg.edited, cfg.seed * 1_000_003 + 700_001 + 10_007 * k,
+                                                  self.rig_edits(rig)))
+        # The DFR trains on all; the face rate, landmark error and framing stay the natural samples'.
+        for prefix, faces in extra.items():
+            for key in faces:
                 if key == "w_plus" or key.startswith("params."):
-                    data[key] = torch.cat([data[key], steered[key]])
-            data["steered_found"] = steered["found"]
+                    data[key] = torch.cat([data[key], faces[key]])
+        if "steered" in extra:
+            data["steered_found"] = extra["steered"]["found"]
+        if cfg.edited:
+            data["edited_found"] = torch.cat([faces["found"] for prefix, faces in extra.items() if prefix != "steered"])
         return data
+
+    def load_edit_rig(self, model_dir: str):
+        """The rig in ``model_dir`` whose edits ``edited`` captures; it must be built over this run's generator
+        and have a pose, light or expression RigNet."""
+        from facerig.stylerig.model import StyleRigModel
+
+        rig = StyleRigModel.from_pretrained(model_dir)
+        mine, theirs = self.generator.state_dict(), rig.generator.state_dict()
+        if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k].to(mine[k].dtype)) for k in mine):
+            raise ValueError(f"{model_dir}: that rig was built over another generator than {self.cfg.generator}")
+        if not {"pose", "light", "expression"} & set(rig.rignets):
+            raise ValueError(f"{model_dir}: that rig has no pose, light or expression RigNet")
+        return rig
+
+    def rig_edits(self, rig):
+        """``(w_plus, gen) -> edited w_plus``: each latent edited by ``rig`` with one of its pose / light /
+        expression RigNets, toward the DFR's parameters of it with a sampled edit of that mode's fields
+        (``TargetSampler.sample_edits``)."""
+        modes = [m for m in ("pose", "light", "expression") if m in rig.rignets]
+
+        def edit(w_plus: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            which, out = torch.randint(len(modes), (len(w_plus),), generator=gen), w_plus.clone()
+            for i, mode in enumerate(modes):
+                index = torch.nonzero(which == i).flatten()
+                if len(index):
+                    source = rig.face_params(w_plus[index], self.template)
+                    target = TargetSampler(self.face, rig.space, self.template, mode, 1.0, generator=gen).sample_edits(source)
+                    out[index] = rig.rig(w_plus[index], target, MODES[mode])[0]
+            return out
+
+        return edit
 
     # ---- stage 2: DFR ----
     def train_dfr(self, data: dict[str, torch.Tensor]) -> DFR:
@@ -458,8 +514,9 @@ class RigTrainer:
         atomic_write_json(self.out / "summary.json", {
             "samples": int(found.numel()), "faces_found": int(found.sum()), "face_rate": float(found.float().mean()),
             "median_landmark_error_px": float(data["landmark_error"].median()), "frame": frame,
-            **({"steered": int(data["steered_found"].numel()), "steered_faces_found": int(data["steered_found"].sum())}
-               if "steered_found" in data else {}),
+            **{k: v for prefix in ("steered", "edited") if f"{prefix}_found" in data
+               for k, v in ((prefix, int(data[f"{prefix}_found"].numel())),
+                            (f"{prefix}_faces_found", int(data[f"{prefix}_found"].sum())))},
             "seconds_this_run": round(time.time() - start, 1), "threads": self.threads,
         })
         return folder
