@@ -400,7 +400,8 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     rig_train.train(rounds)
     assert json.loads((tmp_path / "rounds" / "summary.json").read_text())["edited"] == 32
     assert (tmp_path / "rounds" / "data" / "edited2_0000.safetensors").exists()
-    for bad in ({"edited": 40}, {"edited_by": str(folder)}, {"edited": 40, "edited_by": " , "}, {"edited": 40, "edited_by": str(folder), "reuse": str(tmp_path / "run")}):
+    for bad in ({"edited": 40}, {"edited_by": str(folder)}, {"edited": 40, "edited_by": " , "},
+                {"edited": 40, "edited_by": str(folder), "reuse": str(tmp_path / "run")}):
         with pytest.raises(ValueError, match="edited"):
             dataclasses.replace(cfg, **bad)
     other = tmp_path / "other.safetensors"
