@@ -327,14 +327,13 @@ class RigTrainer:
             extra[prefix] = merged(capture_chunks(prefix, cfg.edited, cfg.seed * 1_000_003 + 700_001 + 10_007 * k,
                                                   self.rig_edits(rig)))
         # The DFR trains on all; the face rate, landmark error and framing stay the natural samples'.
+        found: dict[str, list[torch.Tensor]] = {}  # per kind: "steered", "edited" (every rig's)
         for prefix, faces in extra.items():
             for key in faces:
                 if key == "w_plus" or key.startswith("params."):
                     data[key] = torch.cat([data[key], faces[key]])
-        if "steered" in extra:
-            data["steered_found"] = extra["steered"]["found"]
-        if cfg.edited:
-            data["edited_found"] = torch.cat([faces["found"] for prefix, faces in extra.items() if prefix != "steered"])
+            found.setdefault(prefix.rstrip("0123456789"), []).append(faces["found"])
+        data.update({f"{kind}_found": torch.cat(parts) for kind, parts in found.items()})
         return data
 
     def load_edit_rig(self, model_dir: str):
