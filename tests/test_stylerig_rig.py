@@ -143,6 +143,18 @@ def test_rignet_losses_train(face):
     assert_close(real["total"], real["rec"] + real["edit"] + real["consist"] + 2 * real["real"], rtol=1e-5)
     with pytest.raises(ValueError, match="realism"):
         rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(real=1.0))
+    # The identity term: the embedding read after the parameters, edited against source, both directions.
+    embed = torch.nn.Linear(6 * 32, 4).requires_grad_(False)
+    reader = lambda w_plus: torch.cat([dfr(w_plus), embed(w_plus.flatten(1))], 1)  # noqa: E731
+    ident = rignet_losses(net, reader, space, d, template, w, v, "pose", LossWeights(identity=3.0))
+    with torch.no_grad():
+        moved = [embed(net(a, space.select(dfr(b), ("rotation",)), space.select(dfr(a), ("rotation",))).flatten(1))
+                 - embed(a.flatten(1)) for a, b in ((w, v), (v, w))]
+    assert_close(ident["identity"], sum(m.pow(2).sum(1).mean() for m in moved) / 2, rtol=1e-4, atol=1e-6)
+    assert float(ident["identity"].detach()) > 0
+    assert_close(ident["total"], ident["rec"] + ident["edit"] + ident["consist"] + 3 * ident["identity"], rtol=1e-5)
+    with pytest.raises(ValueError, match="embedding"):
+        rignet_losses(net, dfr, space, d, template, w, v, "pose", LossWeights(identity=1.0))
     # Spread targets lie past the other face's: an identity RigNet (no edit) is further from them.
     still = RigNet(6, 32, 3)
     plain = rignet_losses(still, dfr, space, d, template, w, v, "pose", LossWeights())
@@ -400,6 +412,33 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     rig_train.train(rounds)
     assert json.loads((tmp_path / "rounds" / "summary.json").read_text())["edited"] == 32
     assert (tmp_path / "rounds" / "data" / "edited2_0000.safetensors").exists()
+    # The identity loss: dlib's embeddings (here the mean colour, and no face in every fifth image) distilled
+    # into a network that RigNet's identity term reads beside the image DFR.
+    from facerig.eval import identity as eval_identity
+
+    calls = []
+
+    def analyze(image, what="image"):
+        calls.append(1)
+        if len(calls) % 5 == 0:
+            return eval_identity.FaceAnalysis(None, None, "no face")
+        return eval_identity.FaceAnalysis(np.full(128, image.mean() / 255.0), np.zeros((68, 2)))
+
+    monkeypatch.setattr(eval_identity, "analyze_face", analyze)
+    ident = dataclasses.replace(image, out=str(tmp_path / "identity"), w_identity=2.0, identity_samples=70,
+                                identity_steps=4)
+    rig_train.train(ident)
+    embedded = read_tensors(tmp_path / "identity" / "identity" / "embed_0001.safetensors")[0]
+    assert embedded["embedding"].shape == (4, 128) and len(calls) == 70  # calls 65 and 70 found none
+    report = json.loads((tmp_path / "identity" / "identity_net.json").read_text())
+    assert (report["train_faces"], report["heldout_faces"]) == (51, 5)
+    log = json.loads((tmp_path / "identity" / "rignet_light.json").read_text())["log"]
+    assert log[0]["identity"] == 0.0  # an untrained RigNet changes nothing
+    assert json.loads((tmp_path / "image" / "rignet_light.json").read_text())["log"][-1]["identity"] == 0.0
+    with pytest.raises(ValueError, match="dfr image"):
+        dataclasses.replace(cfg, w_identity=1.0)
+    assert dataclasses.replace(image, mode_weights="light:identity=1").identity_weighted
+    assert not dataclasses.replace(image, mode_weights="expression:identity=1").identity_weighted
     for bad in ({"edited": 40}, {"edited_by": str(folder)}, {"edited": 40, "edited_by": " , "},
                 {"edited": 40, "edited_by": str(folder), "reuse": str(tmp_path / "run")}):
         with pytest.raises(ValueError, match="edited"):

@@ -22,7 +22,9 @@
 - ``rignet_losses``: L_rec, L_edit and L_consist of the paper with its parameter mixing: the edit loss
   compares v's parameters with v's parameters whose *controlled* part comes from DFR(w'), the consistency
   loss compares w's parameters with w's whose *uncontrolled* part comes from DFR(w'); both directions
-  (w -> v and v -> w) are trained, the paper's two-way cycle.
+  (w -> v and v -> w) are trained, the paper's two-way cycle. Not in the paper: with an identity weight,
+  the squared distance between face embeddings of the edited and the source image (an embedding network
+  distilled from dlib's, read beside the DFR: see ``rig_train``), so edits keep who the face is.
 
 Modes (``MODES``) name the parameters a RigNet controls; ``all`` is simultaneous control.
 """
@@ -200,6 +202,8 @@ class LossWeights:
     # Not in the paper: the GAN's discriminator on the edited image, softplus(-D). A DFR that reads images
     # can be satisfied by artefacts the generator paints over the face; a realism term keeps edits on faces.
     real: float = 0.0
+    # Not in the paper: squared distance of the edited face's embedding from the source's (dlib units).
+    identity: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +257,8 @@ def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance
                   targets: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions; ``dfr``
     maps W+ to the normalised parameter vector (the MLP, or an image DFR over the generator). With
-    ``weights.real``, ``realism`` maps edited W+ to a per-item loss (low for realistic images). ``targets``
+    ``weights.real``, ``realism`` maps edited W+ to a per-item loss (low for realistic images). With
+    ``weights.identity``, ``dfr``'s output carries a face embedding after the parameter vector. ``targets``
     (not in the paper; e.g. a ``TargetSampler``) maps (p_a, p_b) to the parameters RigNet is asked to reach
     from a; by default the other face's, p_b."""
     if weights.real and realism is None:
@@ -261,15 +266,19 @@ def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance
     controlled = MODES[mode]
     rest = tuple(k for k in FITTED_FIELDS if k not in controlled)
     with torch.no_grad():
-        p = dfr(torch.cat([w, v]))
-    p_w, p_v = p.chunk(2)
+        read = dfr(torch.cat([w, v]))
+    if weights.identity and read.shape[1] == space.dim:
+        raise ValueError("an identity weight needs a DFR whose output carries a face embedding")
+    read_w, read_v = read.chunk(2)
     decode = lambda x: space.decode(x, template)  # noqa: E731
-    out = {k: w.new_zeros(()) for k in ("rec", "edit", "consist", "real")}
-    for a, b, p_a, p_b in ((w, v, p_w, p_v), (v, w, p_v, p_w)):
+    out = {k: w.new_zeros(()) for k in ("rec", "edit", "consist", "real", "identity")}
+    for a, read_a, read_b in ((w, read_w, read_v), (v, read_v, read_w)):
+        p_a, p_b = read_a[:, :space.dim], read_b[:, :space.dim]
         if targets is not None:
             p_b = targets(p_a, p_b)
         edited = rignet(a, space.select(p_b, controlled), space.select(p_a, controlled))
-        p_hat = dfr(edited)
+        read_hat = dfr(edited)
+        p_hat = read_hat[:, :space.dim]
         if weights.rec:
             same = rignet(a, space.select(p_a, controlled), space.select(p_a, controlled))
             out["rec"] = out["rec"] + (same - a).pow(2).mean() / 2
@@ -279,7 +288,9 @@ def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance
             out["consist"] = out["consist"] + distance(decode(mix(p_a, p_hat, space, rest)), decode(p_a)).mean() / 2
         if weights.real:
             out["real"] = out["real"] + realism(edited).mean() / 2
-    out["total"] = sum(getattr(weights, k) * out[k] for k in ("rec", "edit", "consist", "real"))
+        if weights.identity:
+            out["identity"] = out["identity"] + (read_hat[:, space.dim:] - read_a[:, space.dim:]).pow(2).sum(1).mean() / 2
+    out["total"] = sum(getattr(weights, k) * out[k] for k in ("rec", "edit", "consist", "real", "identity"))
     return out
 
 

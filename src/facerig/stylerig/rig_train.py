@@ -14,6 +14,9 @@ Three resumable stages in one run folder (each skipped when its output exists):
    normalised vector); ``dfr_KIND.json`` holds its error on held-out samples, per parameter, in ``facerig eval``'s
    units: the "DFR's own error" that unedited parameters are compared against. With ``dfr_augment`` the image
    DFR trains on randomly shifted, scaled, blurred and noisy images (``dfr_image_eot``).
+   With an identity weight, ``identity/embed_NNNN.safetensors`` holds dlib's embeddings of a random subset of
+   those captures and ``identity_net.safetensors`` a network distilled from them (generated image -> dlib
+   embedding; its held-out error in ``identity_net.json``), through which RigNet's identity loss runs.
 3. ``rignet_MODE.safetensors`` for each mode: RigNet trained self-supervised through the frozen DFR on fresh
    latents (no images needed: the paper's losses live in parameter space once the DFR exists).
 
@@ -52,6 +55,7 @@ HOLDOUT = 0.1  # fraction of captured samples the DFR never trains on
 DFR_WEIGHT_DECAY = 1e-4
 DFR_VALIDATE_EVERY = 250
 STEER_SPAN = 2.5  # steered samples move up to this many class-mean differences either way
+IDENTITY_DIM = 128  # dlib's face embedding
 
 
 @dataclass
@@ -75,8 +79,14 @@ class RigTrainConfig:
     w_consist: float = option(LossWeights.consist, "L_consist weight (0: the no-L_consist ablation)")
     w_real: float = option(LossWeights.real, "realism weight: softplus(-D) of the GAN's discriminator on edited "
                                              "images (not in the paper; needs the GAN run or checkpoint folder)")
+    w_identity: float = option(LossWeights.identity, "identity weight: squared distance between the face embeddings "
+                                                     "of the edited and the source image, read by a network "
+                                                     "distilled from dlib's on the captures (not in the paper; "
+                                                     "needs --dfr image)")
+    identity_samples: int = option(4000, "captured faces dlib embeds to distil the identity network from")
+    identity_steps: int = option(2000, "identity network Adam steps")
     mode_weights: str = option("", "per-mode loss weights over the --w-* ones: MODE:TERM=W[,TERM=W][;MODE:...], "
-                                   "e.g. 'expression:consist=0.2' (terms: rec, edit, consist, real)")
+                                   "e.g. 'expression:consist=0.2' (terms: rec, edit, consist, real, identity)")
     dfr_augment: bool = option(False, "image DFR: train it on shifted / scaled / blurred / noisy images and let RigNet "
                                       "see it only through such random transformations (expectation over "
                                       "transformation), so edits must change the face, not fool the DFR")
@@ -105,7 +115,8 @@ class RigTrainConfig:
     seed: int = option(0, "seed of the sampled latents and the networks")
 
     def __post_init__(self):
-        for name in ("samples", "dfr_steps", "rig_steps", "batch_size", "rig_batch_size"):
+        for name in ("samples", "dfr_steps", "rig_steps", "batch_size", "rig_batch_size", "identity_samples",
+                     "identity_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.steered < 0:
@@ -127,12 +138,18 @@ class RigTrainConfig:
             raise ValueError("steering and relative are two different RigNets: choose one")
         if self.dfr_augment and self.dfr != "image":
             raise ValueError("dfr_augment is for the image DFR (--dfr image)")
-        if min(self.w_rec, self.w_edit, self.w_consist, self.w_real, self.target_spread) < 0:
+        if min(self.w_rec, self.w_edit, self.w_consist, self.w_real, self.w_identity, self.target_spread) < 0:
             raise ValueError("loss weights and target_spread must be >= 0")
         for mode in MODES:
             self.edit_targets_for(mode)
         for mode in MODES:
             self.weights_for(mode)
+        if self.identity_weighted and self.dfr != "image":
+            raise ValueError("the identity loss reads the generated image: it needs --dfr image")
+
+    @property
+    def identity_weighted(self) -> bool:
+        return any(self.weights_for(mode).identity for mode in self.mode_list)
 
     @property
     def edited_rigs(self) -> list[str]:
@@ -159,7 +176,7 @@ class RigTrainConfig:
 
     def weights_for(self, mode: str) -> LossWeights:
         """The loss weights of ``mode``'s RigNet: the --w-* ones with ``mode_weights``' overrides."""
-        weights = LossWeights(self.w_rec, self.w_edit, self.w_consist, self.w_real)
+        weights = LossWeights(self.w_rec, self.w_edit, self.w_consist, self.w_real, self.w_identity)
         for item in filter(None, (part.strip() for part in self.mode_weights.split(";"))):
             name, _, assignments = item.partition(":")
             name = name.strip()
@@ -435,18 +452,99 @@ class RigTrainer:
                                  "space.mean": self.space.mean, "space.std": self.space.std}, path)
         return dfr
 
+    # ---- stage 2b: identity network ----
+    def identity_embeddings(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """dlib's embeddings of a fixed random subset of the captured latents (natural and edited alike):
+        (index into ``data["w_plus"]``, (N,128) embedding) of the faces dlib found, resumable per chunk."""
+        from facerig.eval.identity import analyze_face
+
+        cfg, folder = self.cfg, self.out / "identity"
+        folder.mkdir(exist_ok=True)
+        latents = data["w_plus"]
+        order = torch.randperm(len(latents), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.identity_samples]
+        chunks = []
+        for i, start in enumerate(tqdm(range(0, len(order), CHUNK), desc="embedding captured faces (dlib)")):
+            path = folder / f"embed_{i:04d}.safetensors"
+            if not path.exists():
+                index = order[start:start + CHUNK]
+                with torch.no_grad():
+                    images = to_uint8(render_latents(self.generator, latents[index]))
+                embeddings = [analyze_face(image).embedding for image in images]
+                found = torch.tensor([e is not None for e in embeddings])
+                vectors = [torch.from_numpy(e).float() for e in embeddings if e is not None]
+                atomic_save_safetensors({"index": index[found].contiguous(), "embedding": torch.stack(vectors) if vectors
+                                         else torch.zeros(0, IDENTITY_DIM)}, path)
+            chunks.append(read_tensors(path)[0])
+        return torch.cat([c["index"] for c in chunks]), torch.cat([c["embedding"] for c in chunks])
+
+    def train_identity(self, data: dict[str, torch.Tensor]) -> ImageDFR:
+        """Generated image -> dlib's embedding, regressed on ``identity_embeddings`` (squared distance; the
+        weights that did best on held-out faces are kept). dlib itself cannot pass a gradient; this can."""
+        cfg, path, g = self.cfg, self.out / "identity_net.safetensors", self.generator
+        torch.manual_seed(cfg.seed)
+        net = ImageDFR(g.size, IDENTITY_DIM)
+        if path.exists():
+            net.load_state_dict(read_tensors(path)[0])
+            return net.eval().requires_grad_(False)
+        index, target = self.identity_embeddings(data)
+        if len(index) < MIN_FACES:
+            raise ValueError(f"{self.out}: dlib embedded only {len(index)} captured faces (need {MIN_FACES})")
+        with torch.no_grad():
+            images = torch.cat([render_latents(g, w) for w in data["w_plus"][index].split(256)])
+        gen = torch.Generator().manual_seed(cfg.seed)
+        order = torch.randperm(len(index), generator=gen)
+        n_val = max(2, int(len(index) * HOLDOUT))
+        val, train = order[:n_val], order[n_val:]
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=DFR_WEIGHT_DECAY)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.identity_steps)
+        log, best, best_state = [], math.inf, None
+        bar = tqdm(range(cfg.identity_steps), desc="identity network")
+        for step in bar:
+            batch = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
+            loss = (net(images[batch]) - target[batch]).pow(2).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % DFR_VALIDATE_EVERY == 0 or step == cfg.identity_steps - 1:
+                with torch.no_grad():
+                    heldout = float((net(images[val]) - target[val]).pow(2).sum(1).mean())
+                log.append({"step": step, "loss": float(loss.detach()), "heldout": heldout})
+                if heldout < best:
+                    best, best_state = heldout, {k: v.clone() for k, v in net.state_dict().items()}
+                bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", heldout=f"{heldout:.3f}")
+        net.load_state_dict(best_state)
+        net.eval().requires_grad_(False)
+        with torch.no_grad():
+            pred = net(images[val])
+        truth = target[val]
+        # Held-out faces paired with their neighbours in the list: is a distance read as dlib reads it?
+        pair = lambda x: (x - x.roll(1, 0)).norm(dim=1)  # noqa: E731
+        report = {"train_faces": len(train), "heldout_faces": n_val, "log": log,
+                  "heldout_median_error": float((pred - truth).norm(dim=1).median()),
+                  "heldout_pair_distance_median": float(pair(truth).median()),
+                  "heldout_pair_distance_correlation": float(torch.corrcoef(torch.stack([pair(pred), pair(truth)]))[0, 1])}
+        atomic_write_json(path.with_suffix(".json"), report)
+        atomic_save_safetensors(net.state_dict(), path)
+        return net
+
     # ---- stage 3: RigNets ----
-    def latent_dfr(self, dfr: DFR | ImageDFR):
+    def latent_dfr(self, dfr: DFR | ImageDFR, identity: ImageDFR | None = None):
         """W+ -> normalised parameters: the MLP itself, or the image DFR over the frozen generator (bf16 where
         the CPU computes it; with ``dfr_augment`` through a fresh random transformation per call), through
-        which RigNet's gradient then runs."""
+        which RigNet's gradient then runs. With ``identity``, its embedding of the same image follows the
+        parameters (one generator pass for both)."""
         if isinstance(dfr, DFR):
             return dfr
 
         def through_generator(w_plus: torch.Tensor) -> torch.Tensor:
             with runtime.autocast("cpu", self.precision):
                 images = render_latents(self.generator, w_plus)
-                return dfr(geometric_blur_noise(images) if self.cfg.dfr_augment else images).float()
+                images = geometric_blur_noise(images) if self.cfg.dfr_augment else images
+                read = dfr(images)
+                if identity is not None:
+                    read = torch.cat([read, identity(images)], 1)
+                return read.float()
 
         return through_generator
 
@@ -455,7 +553,7 @@ class RigTrainer:
         with runtime.autocast("cpu", self.precision):
             return F.softplus(-self.discriminator(render_latents(self.generator, w_plus)).float()).flatten()
 
-    def train_rignet(self, dfr: DFR | ImageDFR, mode: str) -> RigNet:
+    def train_rignet(self, dfr: DFR | ImageDFR, mode: str, identity: ImageDFR | None = None) -> RigNet:
         cfg = self.cfg
         path = self.out / f"rignet_{mode}.safetensors"
         n_params = sum(s.stop - s.start for s in self.space.slices(MODES[mode]))
@@ -470,7 +568,8 @@ class RigTrainer:
             rignet.basis.copy_(principal_directions(self.generator, cfg.subspace))
         gen = torch.Generator().manual_seed(cfg.seed + 1 + list(MODES).index(mode))
         weights = cfg.weights_for(mode)
-        latent_dfr, realism = self.latent_dfr(dfr), self.realism if weights.real else None
+        latent_dfr = self.latent_dfr(dfr, identity if weights.identity else None)
+        realism = self.realism if weights.real else None
         edits, targets = cfg.edit_targets_for(mode), None
         if edits or cfg.target_spread:
             targets = TargetSampler(self.face, self.space, self.template, mode, edits, cfg.target_spread, gen)
@@ -493,7 +592,7 @@ class RigTrainer:
                     raise FloatingPointError(f"RigNet {mode}: non-finite loss at step {step}")
                 log.append(entry)
                 bar.set_postfix(edit=f"{entry['edit']:.2f}", consist=f"{entry['consist']:.2f}", rec=f"{entry['rec']:.4f}",
-                                real=f"{entry['real']:.3f}")
+                                real=f"{entry['real']:.3f}", identity=f"{entry['identity']:.3f}")
         atomic_write_json(self.out / f"rignet_{mode}.json", {"log": log})
         rignet.eval()
         atomic_save_safetensors(rignet.state_dict(), path)
@@ -506,7 +605,8 @@ class RigTrainer:
         data = self.build_data()
         found = data["found"]
         dfr = self.train_dfr(data)
-        rignets = {mode: self.train_rignet(dfr, mode) for mode in self.cfg.mode_list}
+        identity = self.train_identity(data) if self.cfg.identity_weighted else None
+        rignets = {mode: self.train_rignet(dfr, mode, identity) for mode in self.cfg.mode_list}
         frame = data["frame"].median(0).values.tolist()
         model = StyleRigModel.build(self.generator, self.latent_avg, dfr, self.space, rignets, self.cfg.truncation, frame)
         folder = model.save_pretrained(self.out / "model")
