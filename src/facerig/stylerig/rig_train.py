@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -418,30 +419,14 @@ class RigTrainer:
             rendered = self.distance(self.space.decode(pred, self.template), self.space.decode(target[index], self.template))
             return rendered.mean(), (pred - target[index]).pow(2).mean()
 
-        # A few thousand captures for a 1M-parameter MLP: weight decay, and the weights that did best on the
-        # held-out captures are kept.
-        opt = torch.optim.AdamW(dfr.parameters(), lr=cfg.lr, weight_decay=DFR_WEIGHT_DECAY)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.dfr_steps)
-        log, best, best_state = [], math.inf, None
-        bar = tqdm(range(cfg.dfr_steps), desc="DFR")
-        for step in bar:
+        def train_losses() -> dict[str, torch.Tensor]:
             batch = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
             x = inputs[batch]
-            loss_render, loss_l2 = losses(dfr(geometric_blur_noise(x, gen) if cfg.dfr_augment else x), batch)
-            opt.zero_grad(set_to_none=True)
-            (loss_render + loss_l2).backward()
-            opt.step()
-            sched.step()
-            if step % DFR_VALIDATE_EVERY == 0 or step == cfg.dfr_steps - 1:
-                with torch.no_grad():
-                    val_render, _ = losses(dfr(inputs[val]), val)
-                log.append({"step": step, "render": float(loss_render.detach()), "l2": float(loss_l2.detach()),
-                            "heldout_render": float(val_render)})
-                if float(val_render) < best:
-                    best, best_state = float(val_render), {k: v.clone() for k, v in dfr.state_dict().items()}
-                bar.set_postfix(render=f"{log[-1]['render']:.2f}", heldout=f"{float(val_render):.2f}")
-        dfr.load_state_dict(best_state)
-        dfr.eval().requires_grad_(False)
+            return dict(zip(("render", "l2"), losses(dfr(geometric_blur_noise(x, gen) if cfg.dfr_augment else x), batch)))
+
+        # A few thousand captures for a 1M-parameter network: weight decay, and the best held-out weights.
+        log = fit_keeping_best(dfr, cfg.dfr_steps, cfg.lr, train_losses, lambda: float(losses(dfr(inputs[val]), val)[0]),
+                               "heldout_render", "DFR")
         with torch.no_grad():
             pred = self.space.decode(dfr(inputs[val]), self.template)
         report = {"train_samples": len(train), "heldout_samples": n_val, "log": log,
@@ -495,26 +480,11 @@ class RigTrainer:
         order = torch.randperm(len(index), generator=gen)
         n_val = max(2, int(len(index) * HOLDOUT))
         val, train = order[:n_val], order[n_val:]
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=DFR_WEIGHT_DECAY)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.identity_steps)
-        log, best, best_state = [], math.inf, None
-        bar = tqdm(range(cfg.identity_steps), desc="identity network")
-        for step in bar:
-            batch = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-            loss = (net(images[batch]) - target[batch]).pow(2).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % DFR_VALIDATE_EVERY == 0 or step == cfg.identity_steps - 1:
-                with torch.no_grad():
-                    heldout = float((net(images[val]) - target[val]).pow(2).sum(1).mean())
-                log.append({"step": step, "loss": float(loss.detach()), "heldout": heldout})
-                if heldout < best:
-                    best, best_state = heldout, {k: v.clone() for k, v in net.state_dict().items()}
-                bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", heldout=f"{heldout:.3f}")
-        net.load_state_dict(best_state)
-        net.eval().requires_grad_(False)
+        squared = lambda index: (net(images[index]) - target[index]).pow(2).sum(1).mean()  # noqa: E731
+        log = fit_keeping_best(
+            net, cfg.identity_steps, cfg.lr,
+            lambda: {"loss": squared(train[torch.randint(len(train), (cfg.batch_size,), generator=gen)])},
+            lambda: float(squared(val)), "heldout", "identity network")
         with torch.no_grad():
             pred = net(images[val])
         truth = target[val]
@@ -619,6 +589,33 @@ class RigTrainer:
             "seconds_this_run": round(time.time() - start, 1), "threads": self.threads,
         })
         return folder
+
+
+def fit_keeping_best(net: torch.nn.Module, steps: int, lr: float, losses: Callable[[], dict[str, torch.Tensor]],
+                     heldout: Callable[[], float], heldout_key: str, desc: str) -> list[dict]:
+    """AdamW with weight decay and a cosine schedule on the sum of ``losses()`` (a fresh batch per call),
+    scored by ``heldout()`` every ``DFR_VALIDATE_EVERY`` steps; ``net`` ends frozen with the weights that
+    scored best there. Returns the log (the losses and ``heldout_key`` per validation)."""
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=DFR_WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    log, best, best_state = [], math.inf, None
+    bar = tqdm(range(steps), desc=desc)
+    for step in bar:
+        terms = losses()
+        opt.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        opt.step()
+        sched.step()
+        if step % DFR_VALIDATE_EVERY == 0 or step == steps - 1:
+            with torch.no_grad():
+                score = heldout()
+            log.append({"step": step, **{k: float(v.detach()) for k, v in terms.items()}, heldout_key: score})
+            if score < best:
+                best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in log[-1].items() if k != "step"})
+    net.load_state_dict(best_state)
+    net.eval().requires_grad_(False)
+    return log
 
 
 def attribute_directions(face, data: dict[str, torch.Tensor]) -> torch.Tensor:
