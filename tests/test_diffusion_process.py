@@ -249,3 +249,34 @@ def test_guidance_interpolates_between_null_and_conditional():
     assert_close(guided_denoiser_fn(model, 1.0)(x, t, cond), cond_eps, atol=1e-6)
     assert_close(guided_denoiser_fn(model, 0.0)(x, t, cond), null_eps, atol=1e-6)
     assert_close(guided_denoiser_fn(model, 3.0)(x, t, cond), null_eps + 3 * (cond_eps - null_eps), atol=1e-5)
+
+
+def test_v_output_converts_to_the_epsilon_it_means():
+    from facerig.diffusion.process import epsilon_from
+
+    sched = NoiseSchedule()
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(6, 3, 4, 4, generator=g) * 2 - 1, torch.randn(6, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 10, 300, 600, 950, 999])
+    a = sched.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    x_t = sched.add_noise(x0, eps, t)
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0
+    assert_close(epsilon_from(v, x_t, t, "v", sched), eps, atol=1e-5)
+    assert epsilon_from(v, x_t, t, "epsilon", sched) is v
+    with pytest.raises(ValueError):
+        epsilon_from(v, x_t, t, "x0", sched)
+
+
+@pytest.mark.parametrize("weighting", ["p2", "min-snr"])
+def test_weightings_mean_one_objective_for_both_predictions(weighting):
+    """The same epsilon error costs the same under either prediction: a v error is the epsilon error over
+    sqrt(alpha_bar), so v's weights must be epsilon's times alpha_bar."""
+    from facerig.diffusion.process import loss_weights
+
+    a = NoiseSchedule().alphas_cumprod
+    ratio = loss_weights(a, "v", weighting) / loss_weights(a, "epsilon", weighting)
+    assert_close(ratio, a, rtol=1e-9, atol=0)
+    snr = a / (1 - a)
+    w = loss_weights(a, "epsilon", "min-snr", min_snr_gamma=5.0)
+    assert_close(w[snr > 5], 5.0 / snr[snr > 5])
+    assert bool((w[snr <= 5] == 1).all())

@@ -250,3 +250,34 @@ def test_torchrun_two_processes_and_resume(dataset, tmp_path):
     # 6 training items over 2 processes with batch 1: 3 steps per epoch.
     assert (meta["epoch"], meta["batch_in_epoch"]) == (1, 1)
     assert load_checkpoint(out)[1].image_size == 64
+
+
+def test_v_prediction_min_snr_and_flips_train_and_evaluate_held_out(dataset, tmp_path):
+    """A v model records its prediction in the saved config, and --heldout-data writes one line per evaluation."""
+    out = tmp_path / "v"
+    train(_cfg(dataset, out, steps=4, prediction="v", weighting="min-snr", flip=True, heldout_data=str(dataset),
+               eval_every=2, sample_every=100))
+    model, cfg = load_checkpoint(out)
+    assert cfg.prediction == "v"
+    lines = [json.loads(ln) for ln in (out / "heldout.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [2, 4]
+    assert lines[-1]["samples"] == 8
+    assert set(lines[-1]) >= {"t0-100", "t900-1000", "mean"}
+    assert all(v["eps_mse"] > 0 for k, v in lines[-1].items() if k.startswith("t"))
+    with pytest.raises(ValueError, match="prediction"):
+        train(_cfg(dataset, tmp_path / "v2", init=str(out), prediction="epsilon"))
+
+
+def test_mirror_half_mirrors_buffers_with_the_face():
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(64, 3, 4, 5), "buffers": torch.randn(64, 9, 4, 5)}
+    out = train_mod.mirror_half(batch, g)
+    flipped = (out["image"] != batch["image"]).flatten(1).any(1)
+    assert 16 < int(flipped.sum()) < 48
+    f = flipped.nonzero()[:, 0]
+    assert torch.equal(out["image"][f], batch["image"][f].flip(-1))
+    expected = batch["buffers"][f].flip(-1)
+    expected[:, train_mod.NORMAL_X] *= -1
+    assert torch.equal(out["buffers"][f], expected)
+    kept = (~flipped).nonzero()[:, 0]
+    assert torch.equal(out["buffers"][kept], batch["buffers"][kept])

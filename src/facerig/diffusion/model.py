@@ -47,8 +47,13 @@ class ModelConfig:
     # Trained with condition dropout (``facerig train --cond-dropout``): all-zero buffers then mean "no
     # condition", and sampling may use classifier-free guidance on the buffers (``--guidance``).
     null_condition: bool = False
+    # What the network outputs: "epsilon" (official) or "v" (``facerig.diffusion.process.PREDICTIONS``);
+    # samplers always receive epsilon (``process.denoiser_fn`` converts).
+    prediction: str = "epsilon"
 
     def __post_init__(self):
+        if self.prediction not in ("epsilon", "v"):
+            raise ValueError(f"model config prediction={self.prediction!r} is not 'epsilon' or 'v'")
         if not self.channel_mult:
             if self.image_size not in DEFAULT_CHANNEL_MULT:
                 raise ValueError(f"no default channel_mult for image_size {self.image_size}; give one")
@@ -115,6 +120,8 @@ CONFIGS: dict[str, ModelConfig] = {
     "small": ModelConfig(image_size=128, model_channels=64),
     # Fast enough on a CPU for tests: 64 px, 32 base channels, one ResBlock per level.
     "tiny": ModelConfig(image_size=64, model_channels=32, num_res_blocks=1),
+    # tiny at twice the width: 64-256 channels keep this CPU's bf16 matrix units busier than tiny's 32-128.
+    "wide64": ModelConfig(image_size=64, model_channels=64, num_res_blocks=1),
 }
 
 

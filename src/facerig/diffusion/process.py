@@ -31,6 +31,11 @@ from tqdm.auto import tqdm
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 1e-4, 0.02
 SCHEDULERS = ("ddpm", "ddim", "ddim_inverse", "dpm")
+# What the network outputs: "epsilon" (the official, DDPM's) or "v" = sqrt(a) eps - sqrt(1-a) x_0 (Salimans &
+# Ho 2022), which stays informative at t near T where the linear schedule's epsilon says almost nothing of x_0.
+PREDICTIONS = ("epsilon", "v")
+# Loss weightings over timesteps: P2 (the paper's) and min-SNR-gamma (Hang et al. 2023).
+WEIGHTINGS = ("p2", "min-snr")
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -108,10 +113,30 @@ def p2_weights(alphas_cumprod: torch.Tensor, gamma: float, k: float) -> torch.Te
     return 1.0 / (k + snr) ** gamma
 
 
+def prediction_of(model: torch.nn.Module) -> str:
+    """The prediction type of a ``DiffusionRig`` (or a DDP wrapper of one); "epsilon" for other networks."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return getattr(config, "prediction", "epsilon")
+
+
+def epsilon_from(output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction: str,
+                 schedule: NoiseSchedule = DEFAULT_SCHEDULE) -> torch.Tensor:
+    """The epsilon a network output means: itself for "epsilon"; sqrt(a) v + sqrt(1-a) x_t for "v".
+    ``output``, ``x_t``: (B,C,H,W); ``t``: (B,) steps."""
+    if prediction == "epsilon":
+        return output
+    if prediction != "v":
+        raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")
+    a = schedule.alphas_cumprod.to(x_t.device)[t].float().view(-1, 1, 1, 1)
+    return (a.sqrt() * output.float() + (1 - a).sqrt() * x_t.float()).to(output.dtype)
+
+
 def denoiser_fn(model: torch.nn.Module) -> ModelFn:
-    """``model_fn`` for a ``DiffusionRig`` (or a DDP wrapper of one): cond = {"buffers", "latent"}."""
+    """``model_fn`` (returning epsilon) for a ``DiffusionRig`` (or a DDP wrapper of one): cond = {"buffers", "latent"}."""
+    prediction = prediction_of(model)
+
     def fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        return model(x_t, t, cond["buffers"], latent=cond["latent"])
+        return epsilon_from(model(x_t, t, cond["buffers"], latent=cond["latent"]), x_t, t, prediction)
     return fn
 
 
@@ -119,25 +144,51 @@ def guided_denoiser_fn(model: torch.nn.Module, scale: float) -> ModelFn:
     """Classifier-free guidance on the buffers: eps_null + ``scale`` (eps_buffers - eps_null), where the null
     condition is all-zero buffers (the model must be trained with condition dropout); both in one batch.
     ``scale`` 1 is the plain conditional model, above 1 pushes the result towards the buffers."""
+    prediction = prediction_of(model)
+
     def fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         buffers = cond["buffers"].expand(x_t.shape[0], -1, -1, -1)
-        eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([buffers, torch.zeros_like(buffers)]),
+        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
+        out = model(x2, t2, torch.cat([buffers, torch.zeros_like(buffers)]),
                     latent=torch.cat([cond["latent"], cond["latent"]]))
-        eps_cond, eps_null = eps.chunk(2)
+        eps_cond, eps_null = epsilon_from(out, x2, t2, prediction).chunk(2)
         return eps_null + scale * (eps_cond - eps_null)
     return fn
 
 
+def loss_weights(alphas_cumprod: torch.Tensor, prediction: str = "epsilon", weighting: str = "p2",
+                 gamma: float = 1.0, k: float = 1.0, min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """(T,) per-timestep weights of the output MSE.
+
+    "p2": ``1 / (k + SNR)^gamma`` on the epsilon MSE (gamma 0: plain MSE); on a v output the same weights are
+    expressed in v's units (v's MSE is (1 + SNR) / SNR times epsilon's), so both predictions optimise one
+    objective.
+    "min-snr": ``min(SNR, g) / SNR`` on epsilon, ``min(SNR, g) / (SNR + 1)`` on v: x_0 error weighted by SNR,
+    capped at g."""
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    if weighting == "p2":
+        w = p2_weights(alphas_cumprod, gamma, k)
+        return w * snr / (1.0 + snr) if prediction == "v" else w
+    if weighting == "min-snr":
+        capped = snr.clamp(max=min_snr_gamma)
+        return capped / (snr + 1.0) if prediction == "v" else capped / snr
+    raise ValueError(f"unknown loss weighting {weighting!r}; choose from {WEIGHTINGS}")
+
+
 def training_loss(model: torch.nn.Module, batch: dict, schedule: NoiseSchedule = DEFAULT_SCHEDULE, gamma: float = 1.0,
-                  k: float = 1.0, generator: torch.Generator | None = None, cond_dropout: float = 0.0) -> dict[str, torch.Tensor]:
-    """P2-weighted epsilon-prediction loss of one batch {"image" (B,3,S,S), "buffers" (B,9,S,S)}.
+                  k: float = 1.0, generator: torch.Generator | None = None, cond_dropout: float = 0.0,
+                  weighting: str = "p2", min_snr_gamma: float = 5.0) -> dict[str, torch.Tensor]:
+    """Weighted MSE of the model's output (epsilon or v, per its config) for one batch {"image" (B,3,S,S),
+    "buffers" (B,9,S,S)}.
 
     Draws t ~ U{0..T-1} and the noise from ``generator`` (on the image's device); the global latent is
     encoded from the clean image, so the encoder trains jointly unless frozen. ``cond_dropout``: the share of
-    items whose buffers are replaced by the null condition (zeros), for guidance. Returns scalar ``loss``
-    (weighted) and ``mse`` (unweighted), both batch means.
+    items whose buffers are replaced by the null condition (zeros), for guidance. Weights: ``loss_weights``.
+    Returns scalar ``loss`` (weighted) and ``mse`` (unweighted epsilon MSE, whatever the prediction), both
+    batch means.
     """
     image, buffers = batch["image"], batch["buffers"]
+    prediction = prediction_of(model)
     b = image.shape[0]
     t = torch.randint(0, schedule.num_train_timesteps, (b,), device=image.device, generator=generator)
     noise = torch.randn(image.shape, device=image.device, dtype=image.dtype, generator=generator)
@@ -145,10 +196,18 @@ def training_loss(model: torch.nn.Module, batch: dict, schedule: NoiseSchedule =
         keep = torch.rand(b, device=image.device, generator=generator) >= cond_dropout
         buffers = buffers * keep[:, None, None, None].to(buffers.dtype)
     x_t = schedule.add_noise(image, noise, t)
-    eps = model(x_t, t, buffers, image=image)
-    per_item = (eps.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))
-    w = p2_weights(schedule.alphas_cumprod.to(image.device), gamma, k)[t].float()
-    return {"loss": (w * per_item).mean(), "mse": per_item.mean().detach()}
+    out = model(x_t, t, buffers, image=image).float()
+    alphas = schedule.alphas_cumprod.to(image.device)
+    if prediction == "v":
+        a = alphas[t].float().view(-1, 1, 1, 1)
+        target = a.sqrt() * noise.float() - (1 - a).sqrt() * image.float()
+    else:
+        target = noise.float()
+    per_item = (out - target).pow(2).mean(dim=(1, 2, 3))
+    eps_mse = per_item if prediction == "epsilon" else (
+        (epsilon_from(out.detach(), x_t, t, prediction, schedule) - noise.float()).pow(2).mean(dim=(1, 2, 3)))
+    w = loss_weights(alphas, prediction, weighting, gamma, k, min_snr_gamma)[t].float()
+    return {"loss": (w * per_item).mean(), "mse": eps_mse.mean().detach()}
 
 
 def _ddim_move(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float,

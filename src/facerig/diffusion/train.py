@@ -53,7 +53,8 @@ from facerig.diffusion.checkpoint import (
     EMA_FILE, MODEL_FILE, checkpoint_dir, load_checkpoint, read_tensors, read_weights, save_weights,
 )
 from facerig.diffusion.model import DiffusionRig, ModelConfig, get_config, global_latent
-from facerig.diffusion.process import DEFAULT_SCHEDULE, denoiser_fn, sample, training_loss
+from facerig.diffusion.heldout import heldout_errors, load_items
+from facerig.diffusion.process import DEFAULT_SCHEDULE, PREDICTIONS, WEIGHTINGS, denoiser_fn, sample, training_loss
 from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
 from facerig.training import (
     LATEST_FILE, flush_statistics, log_step, optimizer_state_from_files, optimizer_state_to_files, option,
@@ -65,6 +66,22 @@ STAGE_LR = {1: 1e-4, 2: 1e-5}
 # Settings a resumed run must share with its checkpoint: they define the model, its data and its randomness.
 RESUME_FIXED = ("data", "model", "stage", "init", "seed", "holdout", "ema")
 RESIDENT_BYTES = {"cpu": 4 << 30, "cuda": 0.25}  # CPU: bytes; CUDA: fraction of the GPU's memory
+
+
+# Channel 0 of the normal buffer: camera-space x, which a horizontal mirror negates (rendered and albedo just mirror).
+NORMAL_X = 3
+
+
+def mirror_half(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Mirror each item with probability 1/2 (drawn from ``generator``): image, buffers and mask left-right,
+    the normals' x component negated, so the mirrored buffers are those of the mirrored face."""
+    image = batch["image"]
+    flip = (torch.rand(image.shape[0], device=image.device, generator=generator) < 0.5).view(-1, 1, 1, 1)
+    out = {k: torch.where(flip, v.flip(-1), v) for k, v in batch.items()}
+    sign = torch.ones(out["buffers"].shape[1], device=image.device, dtype=out["buffers"].dtype)
+    sign[NORMAL_X] = -1
+    out["buffers"] = torch.where(flip, out["buffers"] * sign.view(1, -1, 1, 1), out["buffers"])
+    return out
 
 
 def ema_decay(decay: float, step: int) -> float:
@@ -89,6 +106,12 @@ class TrainConfig:
     grad_clip: float = option(1.0, "max gradient norm")
     p2_gamma: float = option(1.0, "P2 loss weighting gamma (the paper's 1); 0 = plain MSE")
     p2_k: float = option(1.0, "P2 loss weighting k")
+    prediction: str | None = option(None, "network output: epsilon (official) or v (default: the --init checkpoint's, "
+                                          "else epsilon)", choices=PREDICTIONS)
+    weighting: str = option("p2", "loss weighting over timesteps: p2 (the paper's, --p2-gamma/--p2-k) or min-snr "
+                                  "(--min-snr-gamma)", choices=WEIGHTINGS)
+    min_snr_gamma: float = option(5.0, "min-SNR weighting's cap")
+    flip: bool = option(False, "mirror half the items of each batch (image and buffers, normals' x negated)")
     cond_dropout: float = option(0.0, "share of items trained with the null condition (zero buffers), so edits can "
                                       "use --guidance; e.g. 0.1")
     ema: float | None = option(None, "keep EMA weights with this decay, e.g. 0.9999 (warmed up: see ema_decay)",
@@ -107,11 +130,15 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "checkpoints kept on disk")
     num_workers: int = option(0, "data loader worker processes (datasets too large to hold in memory)")
     device: str | None = option(None, "device without torchrun (default: cuda if available)")
+    heldout_data: str | None = option(None, "capture dataset of people never trained on: its denoising error per "
+                                            "noise level goes to heldout.jsonl every --eval-every steps")
+    eval_every: int = option(1000, "steps between held-out evaluations")
 
     def __post_init__(self):
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, not {self.stage}")
-        for name in ("steps", "batch_size", "sample_every", "sample_steps", "ckpt_every", "keep_checkpoints", "log_every"):
+        for name in ("steps", "batch_size", "sample_every", "sample_steps", "ckpt_every", "keep_checkpoints", "log_every",
+                     "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
@@ -204,10 +231,15 @@ class Trainer:
             raise ValueError("stage 2 fine-tunes a stage-1 model: give init (--init CKPT)")
         if model_cfg is None:
             model_cfg = get_config(cfg.model or "paper")
-        elif cfg.model is not None and replace(get_config(cfg.model), null_condition=model_cfg.null_condition) != model_cfg:
+        elif cfg.model is not None and replace(get_config(cfg.model), null_condition=model_cfg.null_condition,
+                                               prediction=model_cfg.prediction) != model_cfg:
             raise ValueError(f"config {cfg.model!r} differs from the checkpoint's model config {model_cfg}")
         if cfg.cond_dropout > 0:  # the saved config tells the editor that guidance is available
             model_cfg = replace(model_cfg, null_condition=True)
+        if cfg.prediction is not None and cfg.prediction != model_cfg.prediction:
+            if resume_dir is not None or init_model is not None:
+                raise ValueError(f"--prediction {cfg.prediction} differs from the checkpoint's ({model_cfg.prediction})")
+            model_cfg = replace(model_cfg, prediction=cfg.prediction)
         self.model_cfg: ModelConfig = model_cfg
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -232,6 +264,7 @@ class Trainer:
         self.generator = torch.Generator(self.d.device).manual_seed(cfg.seed * 1_000_003 + self.d.rank + 1)
 
         self._setup_data()
+        self.heldout = load_items(cfg.heldout_data, model_cfg.image_size) if cfg.heldout_data and self.d.main else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         if resume_dir is not None:
             self._load(resume_dir)
@@ -344,6 +377,8 @@ class Trainer:
                         self._flush_log(time.time() - start, bar)
                     if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
                         self._preview()
+                    if self.heldout is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                        self._evaluate(time.time() - start)
                     if save:
                         last_dir = self._save()
                     if self.step >= cfg.steps:
@@ -354,9 +389,12 @@ class Trainer:
         """One optimizer step; returns [loss, mse, grad_norm] as a device tensor (no host sync)."""
         cfg, dev = self.cfg, self.d.device
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        if cfg.flip:
+            batch = mirror_half(batch, self.generator)
         self.opt.zero_grad(set_to_none=True)
         with runtime.autocast(dev, self.precision):
-            out = training_loss(self.ddp, batch, DEFAULT_SCHEDULE, cfg.p2_gamma, cfg.p2_k, self.generator, cfg.cond_dropout)
+            out = training_loss(self.ddp, batch, DEFAULT_SCHEDULE, cfg.p2_gamma, cfg.p2_k, self.generator, cfg.cond_dropout,
+                                cfg.weighting, cfg.min_snr_gamma)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.opt.step()
@@ -381,6 +419,15 @@ class Trainer:
         ema_params, params, ema_buffers, buffers = self._ema_pairs
         torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(self.cfg.ema, self.step + 1))
         torch._foreach_copy_(ema_buffers, buffers)
+
+    def _evaluate(self, elapsed_s: float) -> None:
+        """Held-out denoising error of the EMA weights (else the model) appended to heldout.jsonl."""
+        model = self.ema_model if self.ema_model is not None else self.model
+        errors = heldout_errors(model, self.heldout, seed=0, precision=self.precision)
+        with open(self.out / "heldout.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "samples": self.step * self.cfg.batch_size * self.d.world,
+                                "elapsed_s": round(elapsed_s, 1), **errors}) + "\n")
+        self._train_mode()
 
     # -- previews --
 
@@ -458,11 +505,12 @@ class Trainer:
         else:
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.d.rank + self.step)
             self.generator.manual_seed(self.cfg.seed * 1_000_003 + self.d.rank + self.step + 1)
-        if self.d.main and self.log_path.exists():
-            # Drop the log lines of steps after the checkpoint (they are trained again).
-            lines = [ln for ln in self.log_path.read_text().splitlines()
-                     if ln.strip() and log_step(ln) is not None and log_step(ln) <= self.step]
-            atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in lines).encode())
+        for path in (self.log_path, self.out / "heldout.jsonl"):
+            if self.d.main and path.exists():
+                # Drop the lines of steps after the checkpoint (they are trained again).
+                lines = [ln for ln in path.read_text().splitlines()
+                         if ln.strip() and log_step(ln) is not None and log_step(ln) <= self.step]
+                atomic_write_bytes(path, "".join(ln + "\n" for ln in lines).encode())
 
 
 def train(cfg: TrainConfig) -> Path:
