@@ -8,6 +8,11 @@ Prints one JSON object. For each config, at ``--batch-size`` (8 by default), on 
   autocast region (as ``facerig edit`` does, so bf16 weight casts are cached across steps), divided by its
   step count (no-grad denoiser calls and updates, latent precomputed).
 
+and the figures that say how much of this machine the step uses: ``gflop_per_sample`` (forward + backward
+FLOPs of the matmuls and convolutions, counted by ``torch.utils.flop_counter``), ``fast_tflops`` (those FLOPs
+over the fast step's median time), ``matmul_tflops`` (a 4096^3 matmul at the fast precision, timed in the same
+run) and ``utilization``, their ratio.
+
 The fast path is ``--precision auto`` (bf16 autocast with channels_last activations where the CPU has AMX or
 AVX512-BF16). Both run the same code and weights; the two are timed alternately, step by step, so load from
 other processes affects both alike. Use ``--threads`` to pin the thread count (default: every usable core).
@@ -83,6 +88,25 @@ def _timed(fn, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def flops_per_sample(setup: "_Setup", batch_size: int) -> float:
+    """Matmul and convolution FLOPs of one training step (forward + backward) per item."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        setup.train_step()
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_tflops(precision: str, device: torch.device, n: int = 4096, repeats: int = 5) -> float:
+    """Achieved TFLOP/s of an n^3 matmul at ``precision`` (bf16 operands for "bf16"), median of ``repeats``."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    times = [_timed(lambda: a @ b, device) for _ in range(repeats)]
+    return 2 * n ** 3 / (statistics.median(times) / 1000) / 1e12
+
+
 def paired(slow, fast, device: torch.device, warmup: int, repeats: int, per: int = 1) -> dict:
     """Alternate the two, after warm-up; medians (divided by the ``per`` steps one call runs) and their ratio."""
     for _ in range(warmup):
@@ -115,8 +139,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name in [n.strip() for n in args.configs.split(",") if n.strip()]:
         slow_setup = _Setup(name, "fp32", args.batch_size, device)
         fast_setup = _Setup(name, fast, args.batch_size, device)
+        train = paired(slow_setup.train_step, fast_setup.train_step, device, args.warmup, args.repeats)
+        flops = flops_per_sample(fast_setup, args.batch_size)
+        peak = matmul_tflops(fast, device)
+        achieved = flops * args.batch_size / (train["fast_ms"] / 1000) / 1e12
+        train.update(gflop_per_sample=round(flops / 1e9, 2), fast_tflops=round(achieved, 3),
+                     matmul_tflops=round(peak, 3), utilization=round(achieved / peak, 2))
         report["configs"][name] = {
-            "train": paired(slow_setup.train_step, fast_setup.train_step, device, args.warmup, args.repeats),
+            "train": train,
             "sample": paired(slow_setup.sample, fast_setup.sample, device, args.warmup, args.repeats, SAMPLE_STEPS),
         }
         del slow_setup, fast_setup
