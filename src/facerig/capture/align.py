@@ -119,6 +119,15 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, to_ori
     """
     landmarks = np.asarray(landmarks, dtype=np.float64)
     crop_from_image = align_transform(landmarks, size)
+    crop_u8 = cut_crop(image, crop_from_image, size)
+    transform = crop_from_image if to_original is None else crop_from_image @ np.linalg.inv(to_original)
+    return AlignedFace(crop_u8, transform, transform_points(crop_from_image, landmarks))
+
+
+def cut_crop(image: np.ndarray, crop_from_image: np.ndarray, size: int) -> np.ndarray:
+    """The (size,size,3) uint8 crop of an (H,W,3) uint8 ``image`` through the 3x3 similarity
+    ``crop_from_image`` (crop pixel <- image pixel): box-reduced first where it shrinks, padded as FFHQ pads
+    where it leaves the photo. ``align_face`` cuts with it, and so does an edit at the photo's own scale."""
     image_from_crop = np.linalg.inv(crop_from_image)
     # source pixels per crop pixel, rounded down: box-reducing by it leaves >= 1 so bilinear does not alias
     k = max(1, int(np.linalg.norm(image_from_crop[:2, 0])))
@@ -144,9 +153,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, to_ori
     # centres, +0.5); single-threaded C, which beats torch's threads on these small images
     region_from_crop = np.linalg.inv(crop_from_image @ region_to_image)
     crop = Image.fromarray(np.ascontiguousarray(region)).transform((size, size), Image.Transform.AFFINE, tuple(region_from_crop[:2].reshape(-1)), Image.Resampling.BILINEAR)
-    crop_u8 = np.array(crop)
-    transform = crop_from_image if to_original is None else crop_from_image @ np.linalg.inv(to_original)
-    return AlignedFace(crop_u8, transform, transform_points(crop_from_image, landmarks))
+    return np.array(crop)
 
 
 def unalign(buffers: torch.Tensor, transform: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
