@@ -12,7 +12,7 @@ from PIL import Image
 
 import facerig.diffusion.train as train_mod
 from facerig.dataset import ShardWriter
-from facerig.diffusion import commands
+from facerig.diffusion import commands, train_data
 from facerig.diffusion.checkpoint import load_checkpoint, read_tensors, read_weights
 from facerig.diffusion.train import TrainConfig, train
 
@@ -271,13 +271,13 @@ def test_v_prediction_min_snr_and_flips_train_and_evaluate_held_out(dataset, tmp
 def test_mirror_half_mirrors_buffers_with_the_face():
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(64, 3, 4, 5), "buffers": torch.randn(64, 9, 4, 5)}
-    out = train_mod.mirror_half(batch, g)
+    out = train_data.mirror_half(batch, g)
     flipped = (out["image"] != batch["image"]).flatten(1).any(1)
     assert 16 < int(flipped.sum()) < 48
     f = flipped.nonzero()[:, 0]
     assert torch.equal(out["image"][f], batch["image"][f].flip(-1))
     expected = batch["buffers"][f].flip(-1)
-    expected[:, train_mod.NORMAL_X] *= -1
+    expected[:, train_data.NORMAL_X] *= -1
     assert torch.equal(out["buffers"][f], expected)
     kept = (~flipped).nonzero()[:, 0]
     assert torch.equal(out["buffers"][kept], batch["buffers"][kept])

@@ -78,3 +78,74 @@ def test_rotate_checkpoints_keeps_the_newest_and_drops_leftovers(tmp_path):
         (tmp_path / f"step_{step:08d}" / "model.safetensors").write_bytes(b"x")
     rotate_checkpoints(tmp_path / "step_00000006", keep=2)  # resumed at 6: 8 and 10 are a killed run's
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
+
+
+def test_train_and_gan_train_share_one_definition_of_the_run_options():
+    from facerig.diffusion.train import TrainConfig
+    from facerig.stylerig.gan_train import GanTrainConfig
+    from facerig.training import StepOptions
+    from facerig.training.options import COMMON
+
+    helps = []
+    for config in (TrainConfig, GanTrainConfig):
+        assert issubclass(config, StepOptions)
+        p = argparse.ArgumentParser()
+        add_dataclass_arguments(p, config)
+        group = next(g for g in p._action_groups if g.title.startswith("run options"))
+        assert sorted(a.dest for a in group._group_actions) == sorted(COMMON)
+        helps.append({a.dest: a.help.split(" (default")[0] for a in group._group_actions})
+    assert helps[0] == helps[1]
+    # Each trainer keeps its own default cadence.
+    assert (TrainConfig.__dataclass_fields__["ckpt_every"].default, GanTrainConfig.__dataclass_fields__["ckpt_every"].default) == (5000, 2000)
+
+
+def test_changed_settings_reads_a_missing_setting_as_its_default(tmp_path):
+    from facerig.training import RunOptions, changed_settings
+
+    @dataclasses.dataclass(kw_only=True)
+    class Config(RunOptions):
+        data: str = "d"
+        width: int = 8
+
+    cfg = Config(out="o", data=str(tmp_path / "x" / ".."), seed=1)
+    assert changed_settings({"data": str(tmp_path), "seed": 1}, cfg, ("data", "seed", "width")) == []  # width: 8
+    assert changed_settings({"seed": 0, "width": 4}, cfg, ("seed", "width")) == ["seed: 0 -> 1", "width: 4 -> 8"]
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        Config(out="o", threads=0)
+
+
+def test_run_folder_resume_rule_commit_and_log_truncation(tmp_path, capsys):
+    from facerig.training import RunFolder
+
+    run = RunFolder(tmp_path / "run", "x train", logs=("log.jsonl", "eval.jsonl"))
+    assert run.resume_from(False) is None and run.resume_from(True) is None
+    assert "facerig x train: nothing to resume" in capsys.readouterr().out
+    run.start({"a": 1})
+    for step in (1, 2, 3):
+        run.log([torch.tensor([float(step)])], step, ("loss",))
+        run.append("eval.jsonl", {"step": step})
+        run.checkpoint(step).mkdir(parents=True)
+        assert run.commit(step, keep=2) == run.checkpoint(step)
+    assert json.loads((run.path / "latest.json").read_text()) == {"checkpoint": "checkpoints/step_00000003", "step": 3}
+    assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+    with pytest.raises(ValueError, match="already holds a run's checkpoints"):
+        run.resume_from(False)
+    assert run.resume_from(True) == run.checkpoint(3)
+    with open(run.log_path, "a") as f:
+        f.write('{"loss": 4.0, "st')  # a kill mid-line
+    run.truncate_logs(2)
+    assert [json.loads(ln)["step"] for ln in run.log_path.read_text().splitlines()] == [1, 2]
+    assert [json.loads(ln)["step"] for ln in (run.path / "eval.jsonl").read_text().splitlines()] == [1, 2]
+    with pytest.raises(ValueError, match="settings that define the run changed \\(seed: 0 -> 1\\)"):
+        run.refuse_changes(run.checkpoint(3), ["seed: 0 -> 1"])
+
+
+def test_interrupts_say_turns_ctrl_c_into_its_line():
+    from facerig.interrupt import Interrupted, interrupts_say
+
+    with pytest.raises(Interrupted, match="^stopped at 3$"):
+        with interrupts_say(lambda: "stopped at 3"):
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted, match="^inner$"):  # the innermost job's line wins
+        with interrupts_say("outer"), interrupts_say("inner"):
+            raise KeyboardInterrupt

@@ -1,7 +1,8 @@
 """The ``facerig`` command. Each concept module contributes its subcommands through ``register``.
 
 Only the module of the command being run is imported: the others would pull in torch, dlib or matplotlib
-for nothing (``facerig --help`` imports none of them). Every subcommand gets ``--threads``.
+for nothing (``facerig --help`` imports none of them). Every subcommand gets ``--threads``. Bad input is one
+line and exit code 2; Ctrl-C one line and exit code 130.
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # bad input, unreadable or unwritable files: one line, not a traceback
         print(f"facerig {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (a job's says where it stopped: facerig.training.loop)
+        print(f"facerig {_full_command(args)}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a job Ctrl-C stopped
+
+
+def _full_command(args) -> str:
+    """The command and its subcommand, e.g. "gan train" (subparsers store it in a ``*_command`` destination)."""
+    sub = [v for k, v in vars(args).items() if k.endswith("_command") and isinstance(v, str)]
+    return " ".join([args.command, *sub])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from functools import lru_cache
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# One wording for every command that takes these options (``add_runtime_arguments``, ``facerig.training``).
+THREADS_HELP = "CPU threads (default: OMP_NUM_THREADS, else the cores other processes leave idle)"
+PRECISION_HELP = "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16 natively, else fp32"
 
 
 @lru_cache(maxsize=1)
@@ -122,8 +125,6 @@ def tune_cpu_allocator() -> None:
 
 def add_runtime_arguments(parser, precision: bool = True) -> None:
     """``--threads`` (and ``--precision``) for a subcommand's argparse parser."""
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: OMP_NUM_THREADS, else every core this process may use)")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     if precision:
-        parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                            help="auto: bf16 where the CPU (AMX/AVX512-BF16) or GPU computes it natively, else fp32")
+        parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)

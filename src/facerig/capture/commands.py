@@ -9,6 +9,7 @@ import sys
 import torch
 
 from facerig.capture.pipeline import MAX_UPSAMPLE, MIN_SIZE, Capture, CaptureConfig, assign_albums, collect_sources, dist_env, read_identities
+from facerig.interrupt import interrupts_say
 
 
 def _int_range(lo: int, hi: int | None = None):
@@ -60,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
     identities = read_identities(args.identities) if args.identities else None
     ignored: dict[str, str] = {}
     sources, unassigned = assign_albums(collect_sources(args.inputs, args.out, ignored), identities, args.album)
-    summary = Capture(args.out, cfg, rank=rank, world_size=world).run(sources, unassigned, limit=args.limit)
+    capture = Capture(args.out, cfg, rank=rank, world_size=world)
+    done = capture.summary  # counted as the job goes: what a Ctrl-C line reports
+    with interrupts_say(lambda: f"interrupted after {done.ok} faces captured and {done.failed} inputs failed in this "
+                                f"run; rerun the same command to resume (what is done is skipped)"):
+        summary = capture.run(sources, unassigned, limit=args.limit)
     report = {"rank": rank, "inputs": summary.inputs, "skipped": summary.skipped, "ok": summary.ok, "failed": summary.failed, "reasons": dict(summary.reasons),
               "ignored": ignored}
     print(json.dumps(report), file=sys.stdout)

@@ -7,7 +7,6 @@ initialized from torchrun's environment variables).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 
@@ -34,17 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from facerig.diffusion.train import TrainConfig, train
+    from facerig.training import config_from_args
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    final = train(cfg)
+    final = train(config_from_args(TrainConfig, args))
     print(f"facerig train: checkpoint {final}")
     return 0
 
 
 def _run_personalize(args: argparse.Namespace) -> int:
     from facerig.diffusion.personalize import PersonalizeConfig, personalize
+    from facerig.training import config_from_args
 
-    final = personalize(PersonalizeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PersonalizeConfig)}))
+    final = personalize(config_from_args(PersonalizeConfig, args))
     out = args.out
     print(f"facerig personalize: checkpoint {final}; edit with: facerig edit PHOTO --model {out}/model --album {out}/data")
     return 0
