@@ -92,7 +92,7 @@ def test_detail_is_reshaded_where_the_light_changed(sphere):
     # a perfect rig: the new light at its own resolution
     corr = surface_correspondence(model, source, edited, 256)
     out = compose(photo, down(photo), down(truth), corr).image
-    unshaded = compose(photo, down(photo), down(truth), corr.__class__(corr.flow, corr.confidence, torch.ones_like(corr.ratio))).image
+    unshaded = compose(photo, down(photo), down(truth), corr.__class__(corr.flow, corr.confidence, torch.ones_like(corr.ratio), corr.masks)).image
     face = (on_face > 0).expand(-1, 3, -1, -1)
     err, err_unshaded = ((out - truth).abs()[face]).mean(), ((unshaded - truth).abs()[face]).mean()
     assert err < 0.6 * err_unshaded and err < 0.03
@@ -120,7 +120,7 @@ def test_a_changed_rig_output_shows_through():
     seen = F.interpolate(crop, size=(64, 64), mode="area") * 2 - 1
     change = torch.zeros_like(seen)
     change[..., 20:40, 20:40] = 0.4  # +0.2 in [0,1]
-    still = Correspondence(torch.zeros(1, 2, 64, 64), torch.ones(1, 1, 64, 64), torch.ones(1, 3, 64, 64))
+    still = Correspondence(torch.zeros(1, 2, 64, 64), torch.ones(1, 1, 64, 64), torch.ones(1, 3, 64, 64), torch.ones(1, 2, 64, 64))
     out = compose(crop, seen, seen + change, still).image
     assert abs(float((out - crop)[..., 100:140, 100:140].mean()) - 0.2) < 0.01
     assert (out - crop)[..., :60, :60].abs().max() < 1e-4
@@ -149,3 +149,41 @@ def test_full_crop_is_capture_s_crop_at_the_photo_s_scale():
     # sides clamp to [MIN_SIDE, MAX_SIDE]: a small face is upsampled, a huge one cut at 1024
     assert full_crop_size(aligned.transform @ np.diag([4.0, 4.0, 1.0]), 256) == MIN_SIDE
     assert full_crop_size(aligned.transform @ np.diag([0.1, 0.1, 1.0]), 256) == MAX_SIDE
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory):
+    """FFHQ 00003 upscaled to 1024 px, and its capture session."""
+    from PIL import Image
+
+    from facerig.edit import SessionCapture
+    from facerig.face3d.ict import load_ict
+
+    image = Image.open(shared_path("data", "ffhq-samples", "00003.png")).convert("RGB").resize((1024, 1024), Image.Resampling.BICUBIC)
+    path = tmp_path_factory.mktemp("photo_scale") / "big.png"
+    image.save(path)
+    face = load_ict(shared_path("assets", "ict-facekit"))
+    return path, face, SessionCapture(face)(path)
+
+
+def test_an_edit_comes_back_at_the_photo_s_scale_and_into_the_photo(big_photo):
+    """A rig that gives back what it saw: the edit is the photo's own 1024 px crop, and pasted back, the photo."""
+    from PIL import Image
+
+    from facerig.edit import EditResult
+    from facerig.edit.photo_scale import at_photo_scale, paste_full
+    from facerig.render import Renderer, RenderConfig
+
+    path, face, session = big_photo
+    seen = F.interpolate(session.aligned[None], size=(64, 64), mode="area")[0] * 2 - 1
+    buffers = Renderer(face, RenderConfig(64))(session.params)
+    result = EditResult(seen, seen.clone(), buffers, buffers, session.params, session.params.clone())
+    edit = at_photo_scale(path, session, result, face)
+    assert edit.size == MAX_SIDE and edit.edited.shape == edit.source.shape == (3, MAX_SIDE, MAX_SIDE)
+    assert (edit.edited - edit.source).abs().max() < 1e-4
+    # the crop is capture's, at four times its size
+    small = F.interpolate(edit.source[None], size=(256, 256), mode="bilinear", antialias=True)[0]
+    assert (small - session.aligned).abs().mean() < 3 / 255
+    pasted = paste_full(edit)
+    photo = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
+    assert pasted.shape == photo.shape and np.abs(pasted - photo).mean() < 1.5

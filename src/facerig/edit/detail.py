@@ -133,6 +133,7 @@ class Correspondence:
     flow: torch.Tensor  # (B,2,S,S) source position minus pixel centre, in units of the side (x, y)
     confidence: torch.Tensor  # (B,1,S,S) in [0,1]: weight of the photo's detail
     ratio: torch.Tensor  # (B,3,S,S) edited over source shading at the same surface point (1 off the face)
+    masks: torch.Tensor  # (B,2,S,S) where the source and the edited face are (their render masks)
 
     @property
     def size(self) -> int:
@@ -142,10 +143,10 @@ class Correspondence:
         """The same correspondence at ``size`` (bilinear: the flow is affine within a triangle)."""
         if size == self.size:
             return self
-        both = F.interpolate(torch.cat([self.flow, self.confidence, self.ratio], 1), size=(size, size), mode="bilinear",
-                             align_corners=False)
-        flow, confidence, ratio = both.split([2, 1, 3], 1)
-        return Correspondence(flow, confidence.clamp(0, 1), ratio)
+        both = F.interpolate(torch.cat([self.flow, self.confidence, self.ratio, self.masks], 1), size=(size, size),
+                             mode="bilinear", align_corners=False)
+        flow, confidence, ratio, masks = both.split([2, 1, 3, 2], 1)
+        return Correspondence(flow, confidence.clamp(0, 1), ratio, masks)
 
     def grid(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
         """(B,h,w,2) grid_sample coordinates (align_corners=False) of the source positions of the pixels in
@@ -221,7 +222,7 @@ def surface_correspondence(face: MorphableModel, source: FaceParams, edited: Fac
     point_s = frag_e.interpolate(geo_s.vertices)
     runs = torch.bincount(item, minlength=b).tolist()  # fragments are in pixel order: one run per item
     at_s = torch.cat([project(p[None], source[i:i + 1], projection, size)[0] for i, p in enumerate(point_s.split(runs))])
-    zbuf = torch.full((b * n_pix,), float("-inf"), dtype=screen_s.dtype)
+    zbuf = torch.full((b * n_pix,), float("-inf"), dtype=screen_s.dtype, device=screen_s.device)
     zbuf[frag_s.pixel] = frag_s.interpolate(screen_s[..., 2:])[:, 0]
     ix, iy = at_s[:, 0].floor().long(), at_s[:, 1].floor().long()
     inside = (ix >= 0) & (ix < size) & (iy >= 0) & (iy < size)
@@ -245,7 +246,7 @@ def surface_correspondence(face: MorphableModel, source: FaceParams, edited: Fac
     density = _box_blur(on_e, max(1, round(HOLE_RADIUS * size)))
     enclosed = ((density - 0.5) / 0.2).clamp(0, 1) * (1 - on_e)
     flow = flow + enclosed * _box_blur(flow, max(1, round(HOLE_RADIUS * size))) / density.clamp_min(1e-6)
-    corr = Correspondence(flow, on_e, on_e)
+    corr = Correspondence(flow, on_e, on_e, on_e)
     # off the face, trusted where the source face did not cover what the pixel shows, and, for open
     # background, where no face near it moved (hair moves with the head)
     uncovered = 1 - warp(on_s, corr, "bilinear")
@@ -255,7 +256,8 @@ def surface_correspondence(face: MorphableModel, source: FaceParams, edited: Fac
     confidence = frag_e.to_image(visible.to(flow.dtype)[:, None]) + off_face
     ratio_img = frag_e.to_image(ratio - 1) + 1
     radius = max(1, round(SOFT_EDGE * size / 2))
-    return Correspondence(flow, _box_blur(confidence, radius, 2).clamp(0, 1), _box_blur(ratio_img, radius, 2))
+    return Correspondence(flow, _box_blur(confidence, radius, 2).clamp(0, 1), _box_blur(ratio_img, radius, 2),
+                          torch.cat([on_s, on_e], 1))
 
 
 def warp(images: torch.Tensor, correspondence: Correspondence, mode: str = "bicubic") -> torch.Tensor:
