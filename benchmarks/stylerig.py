@@ -43,7 +43,7 @@ def _rate(fn, n: int) -> float:
 @torch.no_grad()
 def edit_rates(editor: StyleRigEditor, seed: int, n: int) -> dict:
     session = editor.prepare_seed(seed)
-    w = session.cache["stylerig.w"]
+    w = session.cache.w
     out = {}
     for name, spec in (("pose", EditSpec(yaw=25.0)), ("all", EditSpec(yaw=25.0, light_dir=(-1.0, 0.3, 0.6)))):
         target = apply_edit(editor.face, session.params, spec, {})

@@ -9,7 +9,7 @@ from PIL import Image
 from facerig.diffusion.checkpoint import save_weights
 from facerig.diffusion.editor import DiffusionRigEditor
 from facerig.diffusion.model import DiffusionRig
-from facerig.edit import EditSpec, Session, prepare_targets, write_edit
+from facerig.edit import EditSpec, Session, SessionCache, Stage, prepare_targets, write_edit
 from facerig.face3d.ict import load_ict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,11 +55,11 @@ def test_inversion_reconstructs_the_source_and_is_cached(editor, session):
     err = (unedited.edited - unedited.source).abs().mean()
     from_noise = editor.edit(session, EditSpec(), steps=10, seed=0)
     assert err < 0.05 and err < 0.2 * (from_noise.edited - from_noise.source).abs().mean()
-    assert [p.stage for p in seen] == ["invert"] * 10 + ["sample"] * 10
+    assert [p.stage for p in seen] == [Stage.INVERT] * 10 + [Stage.SAMPLE] * 10
     assert seen[-1].preview.shape == (3, 64, 64) and seen[-1].index == 9 and seen[-1].total == 10
     seen.clear()
     editor.edit(session, EditSpec(yaw=10.0), steps=10, invert=True, on_step=seen.append)
-    assert [p.stage for p in seen] == ["sample"] * 10  # the source's inversion is reused
+    assert [p.stage for p in seen] == [Stage.SAMPLE] * 10  # the source's inversion is reused
 
 
 def test_latent_from_another_photo_changes_appearance(editor, session, photos):
@@ -72,7 +72,7 @@ def test_latent_from_another_photo_changes_appearance(editor, session, photos):
     assert not torch.equal(mixed.edited, own.edited)
     # exactly the source edited under the other photo's latent
     with_b = Session(session.name, session.aligned, session.params,
-                     cache={"diffusion.latent": editor._latent(targets["latent"])})
+                     cache=SessionCache(latent=editor._latent(targets["latent"])))
     assert torch.equal(editor.edit(with_b, EditSpec(), steps=4, seed=1).edited, mixed.edited)
     with pytest.raises(ValueError, match="prepared target photos"):
         editor.edit(session, spec, steps=4)

@@ -29,6 +29,12 @@ def _edit(tmp_path, photo, *extra):
     (["--expr", "jawOpen=1e30"], "expression weight jawOpen 1e\\+30 is outside"),
     (["--expr", "smile=0.5"], "unknown expression 'smile'"),
     (["--light-from", "no/such/photo.png"], "no/such/photo.png: no such photo"),
+    (["--guidance", "nan"], "--guidance must be in"),
+    # an option the rig does not declare is refused, never ignored
+    (["--rig", "stylerig", "--refine", "1"], "--refine: the stylerig rig has no such option \\(its options: --steps\\)"),
+    (["--rig", "stylerig", "--seed", "3"], "--seed: the stylerig rig has no such option"),
+    (["--rig", "stylerig", "--invert"], "--invert: the stylerig rig has no such option"),
+    (["--rig", "stylerig", "--album", "data/me"], "the stylerig rig has no personal models"),
 ])
 def test_bad_arguments_are_one_line_before_any_capture(tmp_path, photo, capsys, extra, message):
     assert _edit(tmp_path, photo, *extra) == 2
@@ -57,3 +63,16 @@ def test_edit_writes_the_result(tmp_path, photo):
     assert _edit(tmp_path, photo, "--yaw", "20", "--steps", "4", "--expr", "mouthSmile_L=0.8") == 0
     folder = tmp_path / "out" / "00003"
     assert all((folder / n).stat().st_size > 0 for n in ("source.png", "edited.png", "sheet.png", "edit.json"))
+
+
+def test_help_lists_every_rigs_options_from_their_contracts(capsys):
+    from facerig.edit.editor import RIGS, editor_class
+
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--steps STEPS diffusion: DDIM steps (default 20, 2 to 1000); stylerig: W+ projection iterations" in text
+    assert "(default 1, 0 to 10); diffusion rig only" in text and "--invert, --no-invert" in text
+    for rig in RIGS:
+        for option in editor_class(rig).contract.options:
+            assert f"--{option.name}" in text

@@ -86,9 +86,9 @@ def test_resumed_run_is_bit_identical(images, full_run, tmp_path):
 
 
 def test_resume_refuses_changed_seed_and_fresh_run_over_old(images, full_run):
-    with pytest.raises(ValueError, match="seed 3 -> 4"):
+    with pytest.raises(ValueError, match="seed: 3 -> 4"):
         train(_cfg(images, full_run, resume=True, seed=4, steps=8))
-    with pytest.raises(ValueError, match="frame '0.5,0.5,1' -> '0.5,0.4,1.25'"):
+    with pytest.raises(ValueError, match="frame: '0.5,0.5,1' -> '0.5,0.4,1.25'"):
         train(_cfg(images, full_run, resume=True, frame="0.5,0.4,1.25", steps=8))
     with pytest.raises(ValueError, match="already holds"):
         train(_cfg(images, full_run))

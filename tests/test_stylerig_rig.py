@@ -289,7 +289,7 @@ def editor(face, generator, tmp_path_factory):
 def test_editor_seeds_edits_and_mixing(editor, face):
     s = editor.prepare_seed(3)
     nothing = editor.edit(s, EditSpec())
-    assert torch.equal(nothing.edited, s.cache["stylerig.image"])  # no field edited: no RigNet pass
+    assert torch.equal(nothing.edited, s.cache.image)  # no field edited: no RigNet pass
     seen = []
     turned = editor.edit(s, EditSpec(yaw=30.0), on_step=seen.append)
     again = editor.edit(editor.prepare_seed(3), EditSpec(yaw=30.0))
@@ -309,7 +309,7 @@ def test_editor_projects_a_photo(editor):
     assert result.source.shape == result.edited.shape == (3, 16, 16)
     start = (editor.model.generate(editor.model.latent_avg[None, None].repeat(1, 6, 1)) - result.source).pow(2).mean()
     assert (result.edited - result.source).pow(2).mean() < start  # projection got closer than the mean face
-    assert ("stylerig.projection", 30) in s.cache
+    assert 30 in s.cache.projections
 
 
 def test_editor_refuses_refine_and_albums():
@@ -324,7 +324,7 @@ def test_editor_refuses_refine_and_albums():
 def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
     """All three stages on a random 16 px generator, capture replaced by a fit that reads the image's mean
     colour into the light (so the DFR has something to learn); a second run resumes from the files."""
-    import facerig.capture.pipeline as pipeline
+    import facerig.capture.photo as photo
     from facerig.stylerig import rig_train
 
     gen_file = tmp_path / "g.safetensors"
@@ -342,8 +342,8 @@ def test_rig_training_end_to_end(face, generator, tmp_path, monkeypatch):
             self.params.light = self.params.light + torch.tensor([float(it.image.mean()) / 255 for it in items])[:, None, None]
             self.landmark_error = torch.ones(n)
 
-    monkeypatch.setattr(pipeline, "prepare_image", lambda image, size, name: Item(image))
-    monkeypatch.setattr(pipeline.ModelFitter, "fit_items", lambda self, items: Fit(items))
+    monkeypatch.setattr(photo, "align_image", lambda image, size, name: Item(image))
+    monkeypatch.setattr(photo.ModelFitter, "fit_items", lambda self, items: Fit(items))
     monkeypatch.setattr("facerig.face3d.load_model", lambda *a, **k: face)
     cfg = rig_train.RigTrainConfig(str(gen_file), str(tmp_path / "run"), samples=80, dfr="mlp", dfr_steps=60, rig_steps=5,
                                    batch_size=16, rig_batch_size=8, modes="pose,light", threads=1)
@@ -484,7 +484,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path):
 def test_evaluate_protocol_with_a_stand_in_capture(face, generator, tmp_path, monkeypatch):
     """The protocol's bookkeeping: every edit scored, the gates and the sheet written. The stand-in capture
     reads the light's ambient level from the image brightness and knows nothing else, so only light moves."""
-    import facerig.capture.pipeline as pipeline
+    import facerig.capture.photo as photo
     import facerig.eval.identity as identity
     from facerig.stylerig.evaluate import EDITS, evaluate
 
@@ -497,8 +497,8 @@ def test_evaluate_protocol_with_a_stand_in_capture(face, generator, tmp_path, mo
             self.params = _yawed(face, 0.0, len(items))
             self.params.light = self.params.light * torch.tensor([float(it.image.mean()) / 128 for it in items])[:, None, None]
 
-    monkeypatch.setattr(pipeline, "prepare_image", lambda image, size, name: Item(image))
-    monkeypatch.setattr(pipeline.ModelFitter, "fit_items", lambda self, items: Fit(items))
+    monkeypatch.setattr(photo, "align_image", lambda image, size, name: Item(image))
+    monkeypatch.setattr(photo.ModelFitter, "fit_items", lambda self, items: Fit(items))
     monkeypatch.setattr("facerig.face3d.load_model", lambda *a, **k: face)
     monkeypatch.setattr(identity, "analyze_face", lambda image, what="": identity.FaceAnalysis(
         image.reshape(-1, 3).mean(0).astype(np.float64) / 255, None))

@@ -23,7 +23,7 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 def app():
     worker = TorchWorker().start()
-    yield RigApp(DiffusionRigEditor(MODEL, precision="fp32"), "diffusion", worker)
+    yield RigApp(DiffusionRigEditor(MODEL, precision="fp32"), "diffusion", worker, model=str(MODEL))
     worker.stop()
 
 
@@ -91,16 +91,24 @@ def test_photo_without_a_face_is_a_user_error(app):
 
 
 def test_edit_job_reports_progress_and_same_seed_same_result(app, uploaded):
-    body = {"session": uploaded["session"], "controls": {**uploaded["controls"], "yaw": 20.0}, "steps": 3, "seed": 5,
-            "invert": False}
+    options = {"steps": 3, "seed": 5, "invert": False}
+    body = {"session": uploaded["session"], "controls": {**uploaded["controls"], "yaw": 20.0}, "options": options}
     first = _wait(app, app.start_edit(body)["job"])
     assert first["error"] is None and first["progress"] == {"stage": "sample", "index": 3, "total": 3}
     again = _wait(app, app.start_edit(body)["job"])
-    other = _wait(app, app.start_edit({**body, "seed": 6})["job"])
+    other = _wait(app, app.start_edit({**body, "options": {**options, "seed": 6}})["job"])
     assert again["result"]["edited"] == first["result"]["edited"] != other["result"]["edited"]
-    assert first["result"]["edit_json"]["edit"]["yaw"] == 20.0
-    with pytest.raises(UserError, match="steps must be in"):
-        app.start_edit({**body, "steps": 0})
+    record = first["result"]["edit_json"]
+    assert record["edit"]["yaw"] == 20.0 and record["model_face"] == app.editor.face.name
+    # the options as facerig edit records them: rig, model, and every option the rig declares
+    assert record["options"] == {"rig": "diffusion", "model": str(MODEL), "steps": 3, "seed": 5, "invert": False,
+                                 "refine": 1, "guidance": 1.0}
+    for bad, message in (({"steps": 0}, "steps must be in"), ({"refine": 2.5}, "refine must be a whole number"),
+                         ({"invert": "yes"}, "invert must be true or false"), ({"truncation": 1}, "no such option")):
+        with pytest.raises(UserError, match=message):
+            app.start_edit({**body, "options": {**options, **bad}})
+    with pytest.raises(UserError, match="unknown request field 'steps'"):  # options outside "options"
+        app.start_edit({**body, "steps": 3})
     with pytest.raises(UserError, match="yaw must be a finite number"):
         app.preview({**body, "controls": {**body["controls"], "yaw": float("nan")}})
 
@@ -135,7 +143,10 @@ def test_page_in_a_real_browser(server, tmp_path):
             for name, value in (("s-yaw", "35"), ("s-light_azimuth", "-70")):
                 page.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
             page.wait_for_function(f"document.getElementById('buffers').src !== {before!r}", timeout=30_000)
-            page.fill("#steps", "3")
+            # the generation controls are the rig's declared options, with their ranges and defaults
+            assert page.get_attribute("#opt-steps", "max") == "1000" and page.input_value("#opt-refine") == "1"
+            assert not page.is_checked("#opt-invert")
+            page.fill("#opt-steps", "3")
             page.click("#generate")
             page.wait_for_function("document.getElementById('result').dataset.done === '1'", timeout=120_000)
             assert page.get_attribute("#result", "src").startswith("data:image/png")

@@ -30,7 +30,9 @@ def face(app):
 
 
 def test_live_rig_draws_faces_and_previews_carry_the_result(app, face):
-    assert app.info() == {"rig": "stylerig", "live": True}
+    info = app.info()
+    assert info["rig"] == "stylerig" and [o["name"] for o in info["options"]] == ["steps"]
+    assert info["capabilities"]["live"] and info["capabilities"]["seeds"] and not info["capabilities"]["inversion"]
     assert face["overlay"].startswith("data:image/png") and "yaw" in face["controls"]
     body = {"session": face["session"], "controls": face["controls"]}
     still = app.preview(body)

@@ -13,6 +13,7 @@ import io
 import multiprocessing
 import os
 import re
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,14 +26,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from facerig.capture.align import align_face
-from facerig.capture.detect import detect_faces
-from facerig.capture.load import MIN_SIDE, CaptureError, NoFaceFound, load_photo, upsample_small
+from facerig.capture.load import MIN_SIDE, CaptureError, load_photo
+from facerig.capture.photo import (
+    DETECT_MAX_SIDE, LOAD_MAX_SIDE, MAX_UPSAMPLE, MIN_SIZE, UPSAMPLE, ModelFitter, align_photo, stack_faces,
+)
 from facerig.dataset import ShardWriter
 from facerig.io import atomic_write_bytes, contact_sheet, to_uint8_image
 
-MIN_SIZE = 32  # smallest aligned crop: below it the 68 landmarks crowd into a few pixels
-MAX_UPSAMPLE = 4  # dlib doubles the photo per step: 4 is 256x the pixels, already slower than useful
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SINGLE_ALBUM = "album"  # album id when --album is given without an identities file
 
@@ -43,9 +43,9 @@ class CaptureConfig:
     all_faces: bool = False
     batch_size: int = 16
     device: str = "cpu"
-    upsample: int = 1  # dlib detector upsampling; 1 finds faces down to ~40 px
-    detect_max_side: int = 1024  # the detector runs on a copy no larger than this
-    load_max_side: int = 4096  # photos are decoded/downscaled to this before anything else
+    upsample: int = UPSAMPLE  # dlib detector upsampling
+    detect_max_side: int = DETECT_MAX_SIDE  # the detector runs on a copy no larger than this
+    load_max_side: int = LOAD_MAX_SIDE  # photos are decoded/downscaled to this before anything else
     workers: int = 0  # processes preparing photos (load/detect/align) ahead of the fit
     preview_count: int = 16
 
@@ -181,14 +181,10 @@ def assign_albums(sources: list[Source], identities: dict[Path, str] | None, alb
 def prepare(source: Source, cfg: CaptureConfig) -> list[PreparedFace]:
     """Load, detect and align one photo: its largest face, or every face with ``cfg.all_faces``."""
     photo = load_photo(source.path, max_side=cfg.load_max_side)
-    faces = detect_faces(photo.image, upsample=cfg.upsample, max_side=cfg.detect_max_side)
-    if not faces:
-        raise NoFaceFound(source.path, "no face found")
+    faces, aligned = align_photo(photo, cfg.size, cfg.all_faces, cfg.upsample, cfg.detect_max_side)
     to_original = photo.to_original()
     out = []
-    for i, face in enumerate(faces if cfg.all_faces else faces[:1]):
-        # dlib gives integer pixel indices; +0.5 moves them to the pixel-centre convention
-        aligned = align_face(photo.image, face.landmarks + 0.5, cfg.size, to_original)
+    for i, (face, crop) in enumerate(zip(faces, aligned)):
         box = (to_original @ np.array([[face.box[0], face.box[2]], [face.box[1], face.box[3]], [1, 1]]))[:2]
         record = {
             "source": str(source.path),
@@ -200,7 +196,7 @@ def prepare(source: Source, cfg: CaptureConfig) -> list[PreparedFace]:
             "original_size": list(photo.original_size),
         }
         key = f"{source.key}#face{i + 1}" if cfg.all_faces else source.key
-        out.append(PreparedFace(key, source, aligned.image, aligned.landmarks, aligned.transform, record))
+        out.append(PreparedFace(key, source, crop.image, crop.landmarks, crop.transform, record))
     return out
 
 
@@ -216,6 +212,8 @@ def _prepare_or_reason(args: tuple[Source, CaptureConfig]) -> tuple[Source, list
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the parent stops the pool; a worker's traceback is noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def prepare_all(sources: list[Source], cfg: CaptureConfig) -> Iterator[tuple[Source, list[PreparedFace] | str]]:
@@ -230,28 +228,6 @@ def prepare_all(sources: list[Source], cfg: CaptureConfig) -> Iterator[tuple[Sou
 
 
 FitFn = Callable[[torch.Tensor, torch.Tensor, bool], Any]
-
-
-class ModelFitter:
-    """The default fitter: ``facerig.capture.fit.fit`` with ``model``, or the default face model loaded on
-    first use; one instance keeps its model across calls."""
-
-    def __init__(self, size: int, device: str | torch.device, model=None):
-        self.size = size
-        self.device = torch.device(device)
-        self.model = model.to(self.device) if model is not None else None
-
-    def __call__(self, images: torch.Tensor, landmarks: torch.Tensor, album: bool):
-        from facerig.capture.fit import FitConfig, fit
-        from facerig.face3d import load_model
-
-        if self.model is None:
-            self.model = load_model().to(self.device)
-        return fit(images, landmarks, self.model, FitConfig(image_size=self.size, album=album))
-
-    def fit_items(self, items: list["PreparedFace"], album: bool = False):
-        _, images, landmarks = stack_faces(items)
-        return self(images.to(self.device), landmarks.to(self.device), album)
 
 
 def _batched_params(params: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
@@ -271,13 +247,6 @@ def preview_row(image: torch.Tensor, rendered: torch.Tensor, normal: torch.Tenso
     """photo | rendered face over the photo | normals, for one item ((3,S,S) [0,1] image and buffers)."""
     overlay = image * (1 - mask) + rendered.clamp(0, 1) * mask
     return [to_uint8_image(image), to_uint8_image(overlay), to_uint8_image(normal * mask, (-1.0, 1.0))]
-
-
-def stack_faces(items: list[PreparedFace]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Aligned crops as uint8 (B,3,S,S) and float [0,1] tensors, and their landmarks (B,68,2)."""
-    image_u8 = torch.from_numpy(np.stack([it.image for it in items])).permute(0, 3, 1, 2).contiguous()
-    landmarks = torch.from_numpy(np.stack([it.landmarks for it in items])).float()
-    return image_u8, image_u8.float().div(255.0), landmarks
 
 
 def fit_faces(items: list[PreparedFace], fitter: FitFn, cfg: CaptureConfig, album: bool, n_preview: int = 0):
@@ -417,33 +386,3 @@ class Capture:
         self._flush(batch, album=albums)
         self._write_preview()
         return self.summary
-
-
-def capture_photos(paths: list[str | Path], size: int = 256, model=None, device: str | torch.device = "cpu",
-                   album: bool = False) -> tuple[list[PreparedFace], Any]:
-    """Capture photos on the fly, largest face each, in one batched fit (one person if ``album``).
-
-    Returns the aligned faces and the ``FitResult``; a photo that cannot be captured raises its
-    ``CaptureError`` (file and reason).
-    """
-    cfg = CaptureConfig(size=size, device=str(device))
-    items = [prepare(Source(Path(p), Path(p).name), cfg)[0] for p in paths]
-    return items, ModelFitter(size, device, model).fit_items(items, album)
-
-
-def prepare_image(image: np.ndarray, size: int, name: str = "image") -> PreparedFace:
-    """Detect and align an in-memory (H,W,3) uint8 RGB photo's largest face at ``size``.
-
-    Small images (a 64 px model output, say) are upsampled first so the detector finds the face."""
-    image = upsample_small(image, size)
-    faces = detect_faces(image)
-    if not faces:
-        raise NoFaceFound(name, "no face found")
-    aligned = align_face(image, faces[0].landmarks + 0.5, size)
-    return PreparedFace(name, Source(Path(name), name), aligned.image, aligned.landmarks, aligned.transform, {})
-
-
-def capture_image(image: np.ndarray, fitter: ModelFitter, name: str = "image"):
-    """Capture an in-memory (H,W,3) uint8 RGB photo's largest face with ``fitter`` (reused across calls, so
-    its face model loads once); returns the ``FitResult``."""
-    return fitter.fit_items([prepare_image(image, fitter.size, name)])

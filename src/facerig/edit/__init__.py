@@ -1,10 +1,13 @@
 """Rig-agnostic editing: what to change (``EditSpec``), how it changes FaceParams (``apply_edit``), and the
-editor protocol (``prepare`` a photo once, ``edit`` it many times) that DiffusionRig and StyleRig implement."""
+rig contract (``Editor``: ``prepare`` a photo once, ``edit`` it many times, with the options, capabilities
+and progress stages it declares) that DiffusionRig and StyleRig implement."""
 
 from facerig.edit.editor import (
-    EditProgress, EditResult, Editor, Session, SessionCapture, StepCallback, prepare_targets, write_edit,
+    Capabilities, EditProgress, EditResult, Editor, RigContract, RigOption, Session, SessionCache, SessionCapture,
+    Stage, StepCallback, edit_record, prepare_targets, write_edit,
 )
 from facerig.edit.spec import EditSpec, apply_edit, crop_centre, parse_expression, parse_vector
 
-__all__ = ["EditProgress", "EditResult", "EditSpec", "Editor", "Session", "SessionCapture", "StepCallback", "apply_edit", "crop_centre",
+__all__ = ["Capabilities", "EditProgress", "EditResult", "EditSpec", "Editor", "RigContract", "RigOption", "Session",
+           "SessionCache", "SessionCapture", "Stage", "StepCallback", "apply_edit", "crop_centre", "edit_record",
            "parse_expression", "parse_vector", "prepare_targets", "write_edit"]

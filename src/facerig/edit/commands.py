@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from facerig.edit.editor import RIGS
+from facerig.edit.editor import RIGS, RigOption, editor_class
 from facerig.runtime import add_runtime_arguments
 
 
@@ -26,22 +26,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="sub-folder name (default: the photo's file stem)")
     p.add_argument("--album", help="a personal model's album dataset: its shared identity shape is used")
     add_spec_arguments(p)
-    p.add_argument("--steps", type=int, help="diffusion: DDIM steps (default 20); stylerig: W+ projection iterations "
-                   "for a real photo (default 300)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same output")
-    p.add_argument("--invert", action="store_true", help="start from the source's DDIM inversion (keeps background)")
-    p.add_argument("--refine", type=int,
-                   help="diffusion: fixed-point iterations per inversion step: 1 brings a no-edit round trip at 50 steps from "
-                        "24.5 to 42 dB, 2 at 20 steps to 39 dB; each costs one more model call per step (default 1)")
-    p.add_argument("--guidance", type=float,
-                   help="diffusion: classifier-free guidance on the buffers (1 = off, the default; above 1 pushes the "
-                        "edit harder); needs a model trained with --cond-dropout")
+    add_rig_options(p)
     p.add_argument("--paste-back", action="store_true",
                    help="also write pasted.png: the edit warped back into the original photo through a feathered "
                         "head mask (face, scalp, hair and ears near them); the rest stays the photo's")
     p.add_argument("--device", default="cpu")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_rig_options(p: argparse.ArgumentParser) -> None:
+    """One flag per option any registered rig declares, its help naming each rig's meaning, default and
+    range. Unset flags stay None, so a rig gets only what was given and refuses what it does not declare."""
+    by_name: dict[str, list[tuple[str, RigOption]]] = {}
+    for rig in RIGS:
+        for option in editor_class(rig).contract.options:
+            by_name.setdefault(option.name, []).append((rig, option))
+    for name, declared in by_name.items():
+        kinds = {o.type for _, o in declared}
+        if len(kinds) > 1:
+            raise TypeError(f"rigs declare --{name} with different types: {declared}")
+        kind = kinds.pop()
+        if len(declared) == len(RIGS) > 1:
+            help_text = "; ".join(f"{rig}: {_describe(o)}" for rig, o in declared)
+        else:
+            help_text = "; ".join(_describe(o) for _, o in declared) + f"; {', '.join(r for r, _ in declared)} rig only"
+        if kind is bool:
+            p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(f"--{name}", type=kind, default=None, help=help_text)
+
+
+def _describe(option: RigOption) -> str:
+    if option.type is bool:
+        return f"{option.help} (default {'on' if option.default else 'off'})"
+    low, high = option.range
+    return f"{option.help} (default {option.default:g}, {low:g} to {high:g})" if option.type is float else \
+        f"{option.help} (default {option.default}, {low} to {high})"
+
+
+def rig_options_from_args(args: argparse.Namespace, rig: str) -> dict:
+    """The rig's options from the command line: the given ones checked, the others its defaults; a flag
+    the rig does not declare is refused in one line."""
+    names = {o.name for r in RIGS for o in editor_class(r).contract.options}
+    return editor_class(rig).check_options(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,14 +100,13 @@ def spec_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from facerig.edit import prepare_targets, write_edit
-    from facerig.edit.editor import editor_class, load_editor
+    from facerig.edit.editor import load_editor
     from facerig.io import writable_folder
 
     spec = spec_from_args(args)
-    given = {"steps": args.steps, "seed": args.seed, "invert": args.invert, "refine": args.refine,
-             "guidance": args.guidance}
-    options = {k: v for k, v in given.items() if v is not None}  # the rest take the rig's defaults
-    editor_class(args.rig).check_options(**options)
+    options = rig_options_from_args(args, args.rig)
+    if args.album and not editor_class(args.rig).contract.capabilities.albums:
+        raise ValueError(f"the {args.rig} rig has no personal models: --album does not apply")
     for photo in [args.photo, *spec.target_photos().values()]:
         if not Path(photo).is_file():
             raise FileNotFoundError(f"{photo}: no such photo")

@@ -31,10 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def capture_recapture() -> Recapture:
     """Edit accuracy's re-capture: facerig's own capture (DECA's role in the paper's protocol), with one
     face model for every item."""
-    from facerig.capture.pipeline import ModelFitter, capture_image
+    from facerig.capture.photo import PhotoCapture
 
-    fitter = ModelFitter(256, "cpu")
-    return lambda image: capture_image(image, fitter, "edited.png").params.to_dict()
+    capture = PhotoCapture(device="cpu")
+    return lambda image: capture(image, "edited.png").params.to_dict()
 
 
 def _run_cli(args: argparse.Namespace) -> int:

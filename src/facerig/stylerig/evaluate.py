@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from facerig.edit import EditSpec, apply_edit
 from facerig.face3d import FaceParams
 from facerig.stylerig.editor import edited_fields
-from facerig.stylerig.rig_train import capture_images, to_uint8
+from facerig.stylerig.rig_train import to_uint8
 from facerig.stylerig.rig import MODES
 
 SEED_BASE = 100_000
@@ -74,7 +74,7 @@ def _median(x) -> float:
 def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_eval") -> dict:
     from PIL import Image
 
-    from facerig.capture.pipeline import ModelFitter
+    from facerig.capture.photo import PhotoCapture
     from facerig.edit.spec import CAPTURE_SIZE
     from facerig.eval.identity import analyze_face, embedding_distance
     from facerig.face3d import load_model
@@ -86,7 +86,7 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     out = writable_folder(out)
     model = StyleRigModel.from_pretrained(model_dir)
     face = load_model()
-    fitter = ModelFitter(CAPTURE_SIZE, "cpu", face)
+    capture = PhotoCapture(face, "cpu", CAPTURE_SIZE)
     template = face.default_params(1)
     # Variants may be trained without some RigNets (ablations skip the simultaneous one, which "none" needs).
     edits = {k: v for k, v in EDITS.items() if model.mode_for(MODES["all"] if k == "none" else edited_fields(v))}
@@ -98,7 +98,7 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
         seeds = range(SEED_BASE + start, SEED_BASE + min(n, start + BATCH))
         w = torch.cat([model.latent(s) for s in seeds])
         src_images = to_uint8(model.generate(w))
-        _, found, fit = capture_images(fitter, src_images)
+        _, found, fit = capture.many(src_images)
         src_params = fit.params.detach() if fit is not None else None
         n_sources += len(seeds)
         n_found += int(found.sum())
@@ -118,7 +118,7 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
                 w_edit = model.rig(w, target, edited_fields(spec))[0]
             images = to_uint8(model.generate(w_edit))
             row_images[name] = images
-            _, ok, fit = capture_images(fitter, images)
+            _, ok, fit = capture.many(images)
             recaptured = fit.params.detach() if fit is not None else None
             rec = per_edit[name]
             rec.setdefault("face_found", []).extend(ok.tolist())

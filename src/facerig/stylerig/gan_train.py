@@ -8,10 +8,12 @@ here are small (thousands, not FFHQ's 70k). Defaults are sized for a CPU: 64 px,
 Data: a ``facerig capture`` folder (its aligned crops) or a folder of PNG/JPG images (centre square crop),
 resized to ``size`` and held in memory as uint8; each step draws a batch uniformly with replacement.
 
+The run folder, resume rule, step loop and cadences, Ctrl-C and the common options are ``facerig.training``'s.
 Exact resumption as in ``facerig.diffusion.train``: G, D, G_ema, both optimizers, the path-length mean and
 every RNG (the global one that drives noise injection, a device generator for z / batches / augmentation, a
 host generator for style-mixing decisions) are checkpointed atomically; a run killed and resumed on CPU ends
-bit-identical to an uninterrupted one (same thread count). Run folder::
+bit-identical to an uninterrupted one (same thread count). R1 and path length are always fp32, whatever
+``--precision``. Run folder::
 
     RUN/latest.json, RUN/config.json, RUN/log.jsonl, RUN/samples/step_NNNNNNNN.png
     RUN/checkpoints/step_NNNNNNNN/{generator,g_ema,discriminator}.safetensors  (config + step in metadata)
@@ -25,9 +27,9 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,15 +43,15 @@ from tqdm.auto import tqdm
 
 from facerig import runtime
 from facerig.dataset import CaptureDataset
-from facerig.io import (
-    atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image, writable_folder,
-)
+from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
 from facerig.stylerig.augment import POLICY, diff_augment, parse_policy
 from facerig.stylerig.stylegan2 import Discriminator, Generator
 from facerig.training import (
-    LATEST_FILE, flush_statistics, log_step, optimizer_state_from_files, optimizer_state_to_files, option,
-    rng_state, rotate_checkpoints, same_setting, set_rng_state,
+    LATEST_FILE, RunFolder, StepOptions, changed_settings, optimizer_state_from_files, optimizer_state_to_files,
+    option, redefault, rng_state, set_rng_state,
 )
+from facerig.training.hardware import setup_hardware
+from facerig.training.loop import train_steps
 from facerig.weights import load_state_dict_checked, read_tensors, save_weights
 
 GENERATOR_FORMAT = "facerig-stylegan2-generator"
@@ -61,11 +63,13 @@ RESUME_FIXED = ("data", "frame", "size", "seed", "channel_base", "channel_max", 
 SAMPLE_ROWS, SAMPLE_COLS = 4, 8
 
 
-@dataclass
-class GanTrainConfig:
+@dataclass(kw_only=True)
+class GanTrainConfig(StepOptions):
+    """The GAN's own settings; the run options (out, seed, device, precision, threads, resume, steps and
+    cadences) are ``StepOptions``'s."""
+
     data: str = field(metadata={"help": "facerig capture dataset folder (its aligned crops) or a folder of "
                                         "PNG/JPG images (centre square crop)"})
-    out: str = field(metadata={"help": "run folder: checkpoints, log.jsonl, sample grids"})
     size: int = option(64, "image size (a power of 2, >= 8)")
     frame: str = option("0.5,0.5,1", "'CX,CY,SIDE': the part of each image's centre square the generator sees, as "
                                      "a StyleRig model's frame (generated pixel g, in unit coordinates, shows the "
@@ -75,7 +79,7 @@ class GanTrainConfig:
     channel_max: int = option(256, "the largest channel count")
     style_dim: int = option(256, "z and w dimension")
     n_mlp: int = option(4, "mapping network layers")
-    steps: int = option(20_000, "total iterations, one D and one G step each (a resumed run continues up to it)")
+    steps: int = redefault(StepOptions, "steps", 20_000)  # one D and one G step each
     batch_size: int = option(16, "images per step (below 4, or a multiple of 4: D's minibatch-stddev groups)")
     lr: float = option(0.002, "Adam learning rate (scaled for lazy regularisation)")
     r1: float | None = option(None, "R1 gamma (default StyleGAN2-ADA's heuristic 0.0002 * size^2 / batch_size)")
@@ -86,24 +90,16 @@ class GanTrainConfig:
     ema_kimg: float = option(10.0, "G_ema half-life in thousands of images (rosinality's 0.5 ** (32 / 10000))")
     augment: str = option(POLICY, "DiffAugment policy for real and fake images before D ('' = none)")
     mirror: bool = option(False, "flip real images horizontally at random")
-    precision: str = option("auto", "auto: bf16 autocast where the CPU (AMX/AVX512-BF16) or GPU computes bf16, "
-                                  "else fp32 (R1 and path length always fp32)", choices=runtime.PRECISIONS)
-    threads: int | None = option(None, "CPU threads (default: OMP_NUM_THREADS, else every usable core)")
-    seed: int = option(0, "seed of the initial weights, data order, latents, noise and augmentation")
-    log_every: int = option(50, "steps between host syncs: log lines and the NaN check")
-    sample_every: int = option(1000, "steps between G_ema sample grids (fixed z)")
-    ckpt_every: int = option(2000, "steps between checkpoints")
-    keep_checkpoints: int = option(2, "checkpoints kept on disk")
-    resume: bool = option(False, "continue the run in --out from its latest checkpoint")
+    log_every: int = redefault(StepOptions, "log_every", 50)
+    ckpt_every: int = redefault(StepOptions, "ckpt_every", 2000)
     init_from: str | None = option(None, "a GAN run or checkpoint folder whose G, G_ema and D start this run "
                                          "(fine-tuning on other data; optimizers, step and schedule start afresh)")
-    device: str | None = option(None, "device (default: cuda if available)")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.size < 8 or self.size & (self.size - 1):
             raise ValueError(f"size must be a power of 2 >= 8, not {self.size}")
-        for name in ("steps", "batch_size", "r1_every", "path_every", "log_every", "sample_every", "ckpt_every",
-                     "keep_checkpoints", "style_dim", "n_mlp"):
+        for name in ("batch_size", "r1_every", "path_every", "style_dim", "n_mlp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.batch_size % min(self.batch_size, 4):
@@ -117,8 +113,6 @@ class GanTrainConfig:
                 raise ValueError(f"{name} must be a positive number, not {getattr(self, name)}")
         if self.r1_gamma < 0 or self.path_regularize < 0:
             raise ValueError("r1 and path_regularize must be >= 0")
-        if self.precision not in runtime.PRECISIONS:
-            raise ValueError(f"precision must be one of {runtime.PRECISIONS}, not {self.precision!r}")
         parse_policy(self.augment)
         self.frame_box  # raises on a bad --frame
 
@@ -203,18 +197,18 @@ def r1_penalty(discriminator: nn.Module, real: Tensor, augment: Callable[[Tensor
 
 
 class GanTrainer:
-    """One training run; ``run()`` trains to ``cfg.steps`` and returns the final checkpoint folder."""
+    """One training run (a ``facerig.training.loop.StepTrainer``); ``run()`` trains to ``cfg.steps`` and
+    returns the final checkpoint folder."""
+
+    STATS = ("d_loss", "g_loss", "real_score", "fake_score", "r1", "path_length_mean")
 
     def __init__(self, cfg: GanTrainConfig):
         self.cfg = cfg
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cpu" and cfg.threads is not None:
-            runtime.configure_threads(cfg.threads)
-        self.precision = runtime.resolve_precision(cfg.precision, self.device)
+        hw = setup_hardware(cfg.device, cfg.precision, cfg.threads)
+        self.device, self.precision = hw.device, hw.precision
         self.memory_format = runtime.memory_format(self.precision)
-        self.out = writable_folder(cfg.out, "run folder")
-        self.log_path = self.out / "log.jsonl"
-        resume_dir = self._resume_dir()
+        self.folder = RunFolder(cfg.out, "gan train")
+        resume_dir = self.folder.resume_from(cfg.resume)
         self.images = load_images(cfg.data, cfg.size, cfg.frame_box).to(self.device)
         if resume_dir is not None:
             self._check_resume_settings(resume_dir)
@@ -241,46 +235,26 @@ class GanTrainer:
                                    generator=torch.Generator().manual_seed(cfg.seed)).to(self.device)
         self.pl_mean = torch.zeros((), device=self.device)
         self.r1_last = torch.zeros((), device=self.device)
-        self._pending: list[Tensor] = []
         self.step = 0
         if resume_dir is not None:
             self._load(resume_dir)
         else:
             if cfg.init_from:
                 self._load_networks(_init_checkpoint(cfg.init_from))
-            atomic_write_json(self.out / "config.json", {"train": asdict(cfg), "generator": cfg.generator_config(),
-                                                         "images": len(self.images)})
-            self.log_path.unlink(missing_ok=True)
+            self.folder.start({"train": asdict(cfg), "generator": cfg.generator_config(), "images": len(self.images)})
 
     def _adam(self, ratio: float) -> dict:
         return {"lr": self.cfg.lr * ratio, "betas": (0.0, 0.99**ratio)}
 
     # -- resumption --
 
-    def _resume_dir(self) -> Path | None:
-        latest = self.out / LATEST_FILE
-        if not self.cfg.resume:
-            if latest.exists():
-                raise ValueError(f"{self.out}: already holds a run's checkpoints; resume it or choose another out folder")
-            return None
-        if not latest.exists():
-            print(f"facerig gan train: nothing to resume in {self.out} (no {LATEST_FILE}); starting fresh")
-            return None
-        return _latest(self.out)
-
     def _check_resume_settings(self, ckdir: Path) -> None:
         """Refuse to resume with a setting that defines the run changed; the others apply from here on."""
-        meta = json.loads((ckdir / "trainer.json").read_text())
-        before = meta["train_config"]
-        defaults = GanTrainConfig.__dataclass_fields__  # a run from before a setting existed had its default
-        before = {k: before.get(k, defaults[k].default) for k in RESUME_FIXED}
-        changed = [f"{k} {before[k]!r} -> {getattr(self.cfg, k)!r}" for k in RESUME_FIXED
-                   if same_setting(k, before[k]) != same_setting(k, getattr(self.cfg, k))]
+        meta = self.folder.trainer_state(ckdir)
+        changed = changed_settings(meta["train_config"], self.cfg, RESUME_FIXED)
         if meta["images"] != len(self.images):
             changed.append(f"{meta['images']} -> {len(self.images)} images")
-        if changed:
-            raise ValueError(f"{ckdir}: --resume with settings that define the run changed ({'; '.join(changed)}); "
-                             f"start a new run in another --out instead")
+        self.folder.refuse_changes(ckdir, changed)
 
     def _load_networks(self, ckdir: Path) -> None:
         for model, name in ((self.g, G_FILE), (self.g_ema, G_EMA_FILE), (self.d, D_FILE)):
@@ -289,7 +263,7 @@ class GanTrainer:
 
     def _load(self, ckdir: Path) -> None:
         self._load_networks(ckdir)
-        meta = json.loads((ckdir / "trainer.json").read_text())
+        meta = self.folder.trainer_state(ckdir)
         tensors, _ = read_tensors(ckdir / "trainer.safetensors")
         for opt, key, ratio in ((self.g_opt, "g", self.g_ratio), (self.d_opt, "d", self.d_ratio)):
             own = {k.removeprefix(key + "."): v for k, v in tensors.items() if k.startswith(key + ".")}
@@ -302,30 +276,22 @@ class GanTrainer:
         rng, _ = read_tensors(ckdir / "rng.safetensors")
         set_rng_state(rng, self.gen, self.device)
         self.host_gen.set_state(rng["host_generator"])
-        if self.log_path.exists():  # drop the lines of steps after the checkpoint: they are trained again
-            lines = [ln for ln in self.log_path.read_text().splitlines()
-                     if (s := log_step(ln)) is not None and s <= self.step]
-            atomic_write_bytes(self.log_path, "".join(ln + "\n" for ln in lines).encode())
+        self.folder.truncate_logs(self.step)
 
-    # -- the loop --
+    # -- the loop (facerig.training.loop) --
 
     def run(self) -> Path:
-        cfg = self.cfg
-        start = time.time()
-        last_dir = None
-        with tqdm(total=cfg.steps, initial=self.step, desc="gan") as bar:
-            while self.step < cfg.steps:
-                self._pending.append(self._train_step())
-                self.step += 1
-                bar.update(1)
-                save = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
-                if save or self.step % cfg.log_every == 0:
-                    self._flush_log(time.time() - start, bar)
-                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
-                    self._sample_grid()
-                if save:
-                    last_dir = self._save()
-        return last_dir if last_dir is not None else _latest(self.out)
+        last = train_steps(self, self.cfg, "gan", shown=("d_loss", "g_loss"))
+        return last if last is not None else self.folder.latest()
+
+    def batches(self):
+        return itertools.repeat(None)  # each step draws its own reals and latents (in train_step's order)
+
+    def log_fields(self) -> dict:
+        return {}
+
+    def hooks(self) -> list:
+        return [(self.cfg.sample_every, self._sample_grid)]
 
     def _latents(self, n: int) -> tuple[list[Tensor], int | None]:
         """One z per image, or (with probability ``mixing``) two and the layer where the second takes over."""
@@ -344,7 +310,7 @@ class GanTrainer:
     def _augment(self, x: Tensor) -> Tensor:
         return diff_augment(x, self.cfg.augment, self.gen).contiguous(memory_format=self.memory_format)
 
-    def _train_step(self) -> Tensor:
+    def train_step(self, _batch: None) -> Tensor:
         """One D step (+ R1 every ``r1_every``), one G step (+ path length every ``path_every``), the EMA;
         returns [d_loss, g_loss, D(real), D(fake), last R1, path-length mean] as a device tensor (no host sync)."""
         cfg, b = self.cfg, self.cfg.batch_size
@@ -399,26 +365,18 @@ class GanTrainer:
         (self.cfg.path_regularize * self.cfg.path_every * penalty).backward()
         self.g_opt.step()
 
-    def _flush_log(self, elapsed_s: float, bar) -> None:
-        """Bring the pending steps' statistics to the host: NaN check, then one log line per step."""
-        names = ("d_loss", "g_loss", "real_score", "fake_score", "r1", "path_length_mean")
-        records = flush_statistics(self._pending, self.step, names, self.log_path, elapsed_s=round(elapsed_s, 3))
-        if records:
-            bar.set_postfix(d=f"{records[-1]['d_loss']:.3f}", g=f"{records[-1]['g_loss']:.3f}")
-
     @torch.no_grad()
-    def _sample_grid(self) -> None:
+    def _sample_grid(self, elapsed_s: float) -> None:
         """G_ema on the run's fixed z and fixed noise maps (no draw from the training RNGs), as one PNG."""
         with runtime.autocast(self.device, self.precision):
             x, _ = self.g_ema([self.fixed_z], randomize_noise=False)
         tiles = [to_uint8_image(t, (-1, 1)) for t in x]
         buf = io.BytesIO()
         Image.fromarray(contact_sheet([tiles[r * SAMPLE_COLS:(r + 1) * SAMPLE_COLS] for r in range(SAMPLE_ROWS)])).save(buf, format="PNG")
-        atomic_write_bytes(self.out / "samples" / f"step_{self.step:08d}.png", buf.getvalue())
+        atomic_write_bytes(self.folder.path / "samples" / f"step_{self.step:08d}.png", buf.getvalue())
 
-    def _save(self) -> Path:
-        cfg, rel = self.cfg, f"checkpoints/step_{self.step:08d}"
-        ckdir = self.out / rel
+    def save(self) -> Path:
+        cfg, ckdir = self.cfg, self.folder.checkpoint(self.step)
         g_config = cfg.generator_config()
         save_weights(self.g.state_dict(), ckdir / G_FILE, GENERATOR_FORMAT, g_config, self.step)
         save_weights(self.g_ema.state_dict(), ckdir / G_EMA_FILE, GENERATOR_FORMAT, g_config, self.step)
@@ -433,10 +391,7 @@ class GanTrainer:
         atomic_write_json(ckdir / "trainer.json", {
             "step": self.step, "images": len(self.images), "pl_mean": float(self.pl_mean), "r1": float(self.r1_last),
             "g_optimizer": g_meta, "d_optimizer": d_meta, "train_config": asdict(cfg)})
-        # Only now, with every file of the checkpoint complete, does it become the one to resume from.
-        atomic_write_json(self.out / LATEST_FILE, {"checkpoint": rel, "step": self.step})
-        rotate_checkpoints(ckdir, cfg.keep_checkpoints)
-        return ckdir
+        return self.folder.commit(self.step, cfg.keep_checkpoints)  # latest.json only now: every file is written
 
 
 def _init_checkpoint(path: str | Path) -> Path:

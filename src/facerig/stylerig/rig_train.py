@@ -221,22 +221,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def capture_images(fitter, images: np.ndarray) -> tuple[list, np.ndarray, object | None]:
-    """Capture (B,S,S,3) uint8 generated images as photos are captured: the prepared faces, which images had
-    one (dlib), and the batched fit of those (None when none had)."""
-    from facerig.capture.load import CaptureError
-    from facerig.capture.pipeline import prepare_image
-
-    items, found = [], np.zeros(len(images), dtype=bool)
-    for i, image in enumerate(images):
-        try:
-            items.append(prepare_image(image, fitter.size, f"image {i}"))
-            found[i] = True
-        except CaptureError:
-            pass
-    return items, found, (fitter.fit_items(items) if items else None)
-
-
 def crop_frame(transform: np.ndarray, image_size: int, upsampled: int) -> np.ndarray:
     """Where the FFHQ crop (unit square) lies in the generated image: (centre x, centre y, side), in units of
     the image side, from capture's aligned <- upsampled-image transform."""
@@ -292,12 +276,12 @@ class RigTrainer:
 
     # ---- stage 1: captured samples ----
     def build_data(self) -> dict[str, torch.Tensor]:
-        from facerig.capture.pipeline import ModelFitter
+        from facerig.capture.photo import PhotoCapture
         from facerig.edit.spec import CAPTURE_SIZE
 
         cfg, folder = self.cfg, self.data_dir
         folder.mkdir(exist_ok=True)
-        fitter = ModelFitter(CAPTURE_SIZE, "cpu", self.face)
+        capture = PhotoCapture(self.face, "cpu", CAPTURE_SIZE)
 
         def capture_chunks(prefix: str, total: int, seed: int, move=None) -> list[dict[str, torch.Tensor]]:
             n_chunks = math.ceil(total / CHUNK)
@@ -311,7 +295,7 @@ class RigTrainer:
                     w_plus = sample_latents(self.generator, n, gen, cfg.truncation, self.latent_avg, cfg.mixing)
                     w_plus = move(w_plus, gen) if move else w_plus
                 images = to_uint8(render_latents(self.generator, w_plus))
-                items, found, fit = capture_images(fitter, images)
+                items, found, fit = capture.many(images)
                 found = torch.from_numpy(found)
                 tensors = {"w_plus": w_plus[found].contiguous(), "found": found}
                 if fit is not None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facerig.edit import EditProgress, EditSpec, Editor, Session, apply_edit
+from facerig.edit import EditProgress, EditResult, EditSpec, Editor, Session, apply_edit, edit_record
 from facerig.edit.spec import ROLES
 from facerig.face3d.light import split_light
 from facerig.face3d.rotation import axis_angle_to_euler
@@ -112,18 +112,21 @@ class Job:
 
 
 class RigApp:
-    def __init__(self, editor: Editor, rig: str, worker: TorchWorker, preview_size: int = 128):
-        self.editor, self.rig, self.worker = editor, rig, worker
-        # A rig that draws faces from seeds (StyleRig) edits in one generator pass: its result comes with
-        # every preview instead of through a job.
-        self.live = hasattr(editor, "prepare_seed")
+    def __init__(self, editor: Editor, rig: str, worker: TorchWorker, preview_size: int = 128,
+                 model: str | None = None):
+        self.editor, self.rig, self.worker, self.model = editor, rig, worker, model
+        # What the page offers comes from the rig's contract: a live rig (one cheap pass per edit) returns
+        # its result with every preview instead of through a job.
+        self.capabilities = editor.contract.capabilities
+        self.live = self.capabilities.live
         self.renderer = Renderer(editor.face, RenderConfig(preview_size))
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.jobs: dict[str, Job] = {}
         self._sessions_lock = threading.Lock()
 
     def info(self) -> dict:
-        return {"rig": self.rig, "live": self.live}
+        """The rig's contract: its generation options (type, default, range, help), capabilities and stages."""
+        return self.editor.contract.describe()
 
     # -- photos --
 
@@ -144,14 +147,13 @@ class RigApp:
                 session = self.editor.prepare(path, name=Path(filename).stem or "upload")
             except ValueError as exc:  # unreadable, too small or large, no face: the capture's own reason
                 raise UserError(str(exc).replace(str(path), filename)) from None
-        if self.live:
-            with torch.enable_grad():
-                self.editor.project(session)  # once, now: every live preview edits its W+
+        if self.capabilities.projection:
+            self.editor.project(session)  # once, now: every live preview edits its latent
         return self._add(session)
 
     def face(self, body: dict) -> dict:
         """A face drawn from ``body["seed"]`` by a live rig, as a session like an upload's."""
-        if not self.live:
+        if not self.capabilities.seeds:
             raise UserError(f"the {self.rig} rig draws no faces from seeds; upload a photo")
         try:
             seed = int(body.get("seed", 0))
@@ -193,12 +195,7 @@ class RigApp:
         return to_uint8_image(photo * (1 - mask) + shaded * mask)
 
     def _controls(self, session: Session) -> dict:
-        """Slider values of the photo's fitted parameters (cached: every preview compares against them)."""
-        if "ui.controls" not in session.cache:
-            session.cache["ui.controls"] = self._fitted_controls(session)
-        return session.cache["ui.controls"]
-
-    def _fitted_controls(self, session: Session) -> dict:
+        """Slider values of the photo's fitted parameters (a few small ops: not worth caching)."""
         p = session.params
         yaw, pitch, roll = (float(v) for v in axis_angle_to_euler(p.rotation)[0])
         direction, intensity, _ = split_light(p.light)
@@ -261,30 +258,29 @@ class RigApp:
         row = [to_uint8_image(buf.rendered[0].clamp(0, 1)), to_uint8_image(buf.normal[0], (-1, 1))]
         out = {"buffers": png_data_url(contact_sheet([row]))}
         if self.live:
-            out.update(self._result(self.editor.edit(session, spec, targets), spec, {}))
+            options = self.editor.check_options()
+            out.update(self._result(self.editor.edit(session, spec, targets, **options), spec, options))
         return out
 
-    def _result(self, result, spec: EditSpec, options: dict) -> dict:
-        record = {"edit": spec.to_dict(), "options": {"rig": self.rig, **options},
-                  "source_params": {k: v[0].tolist() for k, v in result.source_params.to_dict().items()},
-                  "target_params": {k: v[0].tolist() for k, v in result.target_params.to_dict().items()}}
+    def _result(self, result: EditResult, spec: EditSpec, options: dict) -> dict:
+        """The edited and source images, and the edit.json ``facerig edit`` would write for this edit."""
+        record = edit_record(result, spec, self.editor.face, {"rig": self.rig, "model": self.model, **options})
         return {"edited": png_data_url(to_uint8_image(result.edited, (-1, 1))),
                 "source": png_data_url(to_uint8_image(result.source, (-1, 1))), "edit_json": record}
 
     def start_edit(self, body: dict) -> dict:
         session = self._session(body.get("session"))
         spec, targets = self.spec(body, session)
-        options = {}
-        for key, kind, low, high in (("steps", int, 2, 1000), ("seed", int, 0, 2**31 - 1), ("refine", int, 0, 10)):
-            if key in body:
-                try:
-                    options[key] = kind(body[key])
-                except (TypeError, ValueError):
-                    raise UserError(f"{key} must be a whole number") from None
-                if not low <= options[key] <= high:
-                    raise UserError(f"{key} must be in [{low}, {high}]")
-        if "invert" in body:
-            options["invert"] = bool(body["invert"])
+        unknown = sorted(set(body) - {"session", "controls", "targets", "options"})
+        if unknown:
+            raise UserError(f"unknown request field {unknown[0]!r} (the rig's options go in \"options\")")
+        given = body.get("options") or {}
+        if not isinstance(given, dict):
+            raise UserError("options must be an object of option name -> value")
+        try:
+            options = self.editor.check_options(**given)  # the rig's declared options, defaults filled in
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         job_id = uuid.uuid4().hex[:12]
         job = self.jobs[job_id] = Job()
         self.worker.submit(self._run, job, session, spec, targets, options)
@@ -292,8 +288,8 @@ class RigApp:
 
     def _run(self, job: Job, session: Session, spec: EditSpec, targets: dict, options: dict) -> None:
         def on_step(p: EditProgress) -> None:
-            job.progress = {"stage": p.stage, "index": p.index + 1, "total": p.total}
-            if p.stage == "sample":
+            job.progress = {"stage": p.stage.value, "index": p.index + 1, "total": p.total}
+            if p.stage.shows_result:
                 job.preview = png_data_url(to_uint8_image(p.preview, (-1, 1)))
 
         try:

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     editor = load_editor(args.rig, args.model, args.device, args.album, args.precision)
     worker = TorchWorker()
-    server = make_server(RigApp(editor, args.rig, worker), args.host, args.port)
+    app = RigApp(editor, args.rig, worker, model=args.model)
+    server = make_server(app, args.host, args.port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"facerig ui: serving the {args.rig} rig on http://{args.host}:{server.server_port} (Ctrl-C stops)",
           flush=True)

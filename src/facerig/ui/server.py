@@ -8,7 +8,8 @@ upload or a failing edit is shown in the page and the server keeps serving.
     GET  /                      the page
     POST /api/photo?name=F      body: image bytes -> {session, overlay, controls}
     POST /api/preview           {session, controls, targets} -> {buffers}
-    POST /api/edit              {session, controls, targets, steps, seed, invert} -> {job}
+    GET  /api/info              -> the rig's contract: {rig, options, capabilities, stages}
+    POST /api/edit              {session, controls, targets, options: {name: value}} -> {job}
     GET  /api/job/ID            -> {progress, preview, result, error, done}
 """
 
