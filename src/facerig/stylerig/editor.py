@@ -24,9 +24,9 @@ from facerig.edit import (
     StepCallback, apply_edit,
 )
 from facerig.face3d import MorphableModel, load_model
+from facerig.io import to_uint8_image
 from facerig.render import Renderer, RenderConfig
 from facerig.stylerig.model import StyleRigModel, frame_crop, style_mix, to_frame
-from facerig.stylerig.rig_train import to_uint8
 
 DEFAULT_PROJECT_STEPS = 300
 MAX_PROJECT_STEPS = 5000
@@ -75,7 +75,7 @@ class StyleRigEditor(Editor):
         """The generator's face for ``seed``, captured like a photo; its latent is known, nothing to project."""
         w = self.model.latent(seed, truncation).to(self.device)
         image = self.model.generate(w)[0]
-        session = self._capture(to_uint8(image[None])[0], name=f"seed_{seed}")
+        session = self._capture(to_uint8_image(image, (-1, 1)), name=f"seed_{seed}")
         session.cache.w, session.cache.image = w, image
         return session
 

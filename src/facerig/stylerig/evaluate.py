@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from facerig.edit import EditSpec, apply_edit
 from facerig.face3d import FaceParams
+from facerig.io import to_uint8_image
 from facerig.stylerig.editor import edited_fields
-from facerig.stylerig.rig_train import to_uint8
 from facerig.stylerig.rig import MODES
 
 SEED_BASE = 100_000
@@ -64,6 +64,11 @@ def _gap(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return torch.where(before > 0, 1 - after / before, torch.full_like(before, math.nan))
 
 
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    """(B,3,S,S) generated images in [-1,1] -> (B,S,S,3) uint8, as photos are read."""
+    return np.stack([to_uint8_image(image, (-1, 1)) for image in images])
+
+
 def _median(x) -> float:
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -97,7 +102,7 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
     for start in tqdm(range(0, n, BATCH), desc="stylerig evaluate"):
         seeds = range(SEED_BASE + start, SEED_BASE + min(n, start + BATCH))
         w = torch.cat([model.latent(s) for s in seeds])
-        src_images = to_uint8(model.generate(w))
+        src_images = _uint8(model.generate(w))
         _, found, fit = capture.many(src_images)
         src_params = fit.params.detach() if fit is not None else None
         n_sources += len(seeds)
@@ -116,7 +121,7 @@ def evaluate(model_dir: str | Path, n: int = 200, out: str | Path = "stylerig_ev
                 w_edit = model.rig(w, model.face_params(w, template), MODES["all"])[0]
             else:
                 w_edit = model.rig(w, target, edited_fields(spec))[0]
-            images = to_uint8(model.generate(w_edit))
+            images = _uint8(model.generate(w_edit))
             row_images[name] = images
             _, ok, fit = capture.many(images)
             recaptured = fit.params.detach() if fit is not None else None

@@ -19,7 +19,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from facerig.stylerig.gan_train import IMAGE_SUFFIXES, load_generator
+from facerig.io import to_uint8_image
+from facerig.stylerig.generator_io import load_generator
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the real photos drawn: those facerig gan train reads
 
 
 def _embeddings(images, desc: str) -> tuple[np.ndarray, int]:
@@ -47,7 +50,6 @@ def _real_images(folder: str | Path, count: int, size: int, seed: int) -> list[n
 @torch.no_grad()
 def evaluate_generator(generator: str | Path, real: str | Path, n: int = 200, truncation: float = 1.0, seed: int = 0) -> dict:
     from facerig.eval.frechet import frechet_distance
-    from facerig.stylerig.rig_train import to_uint8
     from facerig.stylerig.stylegan2 import render_latents
 
     if n < 2:
@@ -59,7 +61,7 @@ def evaluate_generator(generator: str | Path, real: str | Path, n: int = 200, tr
     for start in range(0, n, 50):
         w = g.style(torch.randn(min(50, n - start), g.style_dim, generator=gen))
         w = avg + truncation * (w - avg)
-        samples.extend(to_uint8(render_latents(g, w[:, None].repeat(1, g.n_latent, 1))))
+        samples.extend(to_uint8_image(image, (-1, 1)) for image in render_latents(g, w[:, None].repeat(1, g.n_latent, 1)))
     fake, n_fake = _embeddings(samples, "embedding samples")
     reals = _real_images(real, 2 * n, g.size, seed)
     real_a, n_a = _embeddings(reals[:n], "embedding real photos")

@@ -6,7 +6,8 @@ regularisation, an EMA generator (G_ema); plus DiffAugment on everything D sees,
 here are small (thousands, not FFHQ's 70k). Defaults are sized for a CPU: 64 px, 2.3M-parameter G.
 
 Data: a ``facerig capture`` folder (its aligned crops) or a folder of PNG/JPG images (centre square crop),
-resized to ``size`` and held in memory as uint8; each step draws a batch uniformly with replacement.
+resized to ``size`` and held in memory as uint8 (``gan_data``); each step draws a batch uniformly with
+replacement.
 
 The run folder, resume rule, step loop and cadences, Ctrl-C and the common options are ``facerig.training``'s.
 Exact resumption as in ``facerig.diffusion.train``: G, D, G_ema, both optimizers, the path-length mean and
@@ -19,7 +20,7 @@ bit-identical to an uninterrupted one (same thread count). R1 and path length ar
     RUN/checkpoints/step_NNNNNNNN/{generator,g_ema,discriminator}.safetensors  (config + step in metadata)
                                   trainer.safetensors + trainer.json, rng.safetensors
 
-``load_generator`` reads a G_ema (or G) file, checkpoint or run folder; ``export_rosinality`` writes it as a
+``generator_io.load_generator`` reads a G_ema (or G) file, checkpoint or run folder; ``export_rosinality`` writes it as a
 rosinality ``.pt`` for ``stylegan2.load_rosinality``.
 """
 
@@ -28,23 +29,24 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from facerig import runtime
-from facerig.dataset import CaptureDataset
 from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
 from facerig.stylerig.augment import POLICY, diff_augment, parse_policy
+from facerig.stylerig.gan_data import load_images
+from facerig.stylerig.generator_io import (  # noqa: F401 (load_generator, truncation_centre: read from here too)
+    G_EMA_FILE, G_FILE, GENERATOR_FORMAT, generator_file, latest_checkpoint, load_generator, load_network,
+    truncation_centre,
+)
 from facerig.stylerig.stylegan2 import Discriminator, Generator
 from facerig.training import (
     LATEST_FILE, RunFolder, StepOptions, changed_settings, optimizer_state_from_files, optimizer_state_to_files,
@@ -54,10 +56,8 @@ from facerig.training.hardware import setup_hardware
 from facerig.training.loop import train_steps
 from facerig.weights import load_state_dict_checked, read_tensors, save_weights
 
-GENERATOR_FORMAT = "facerig-stylegan2-generator"
 DISCRIMINATOR_FORMAT = "facerig-stylegan2-discriminator"
-G_FILE, G_EMA_FILE, D_FILE = "generator.safetensors", "g_ema.safetensors", "discriminator.safetensors"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+D_FILE = "discriminator.safetensors"
 # Settings a resumed run must share with its checkpoint: they define the model, its data and its randomness.
 RESUME_FIXED = ("data", "frame", "size", "seed", "channel_base", "channel_max", "style_dim", "n_mlp", "mirror")
 SAMPLE_ROWS, SAMPLE_COLS = 4, 8
@@ -144,45 +144,6 @@ class GanTrainConfig(StepOptions):
 
     def generator_config(self) -> dict:
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp, "channels": self.channels}
-
-
-# ---- data ----
-
-def _framed_uint8(img: Image.Image, size: int, frame_box: tuple[float, ...]) -> Tensor:
-    """``frame_box`` (unit coordinates) of an image's centre square, resized to ``size`` (Lanczos), as
-    (3,size,size) uint8."""
-    w, h = img.size
-    s = min(w, h)
-    x0, y0 = (w - s) // 2, (h - s) // 2
-    left, top, right, bottom = frame_box
-    box = (x0 + s * left, y0 + s * top, x0 + s * right, y0 + s * bottom)
-    return torch.from_numpy(np.array(img.convert("RGB").resize((size, size), Image.LANCZOS, box=box))).permute(2, 0, 1)
-
-
-def load_images(data: str | Path, size: int, frame_box: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0)) -> Tensor:
-    """Every training image of ``data`` at ``size``: (N,3,size,size) uint8. A capture dataset folder (with its
-    info.json) gives its aligned crops; any other folder its PNG/JPG files, recursively, in name order.
-    ``frame_box`` is the part of each image's centre square kept (``GanTrainConfig.frame_box``)."""
-    root = Path(data)
-    if (root / "info.json").exists():
-        ds = CaptureDataset(root)
-        crops = (((ds[i]["image"] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy() for i in range(len(ds)))
-        images = [_framed_uint8(Image.fromarray(c), size, frame_box)
-                  for c in tqdm(crops, total=len(ds), desc="loading", leave=False)]
-    elif root.is_dir():
-        images = []
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        for path in tqdm(files, desc="loading", leave=False, disable=len(files) < 1000):
-            try:
-                with Image.open(path) as img:
-                    images.append(_framed_uint8(img, size, frame_box))
-            except OSError as exc:
-                raise ValueError(f"{path}: unreadable image ({exc})") from None
-    else:
-        raise FileNotFoundError(f"{root}: no such folder")
-    if not images:
-        raise ValueError(f"{root}: no training images (a capture dataset folder or PNG/JPG files)")
-    return torch.stack(images)
 
 
 # ---- losses ----
@@ -397,16 +358,11 @@ class GanTrainer:
 def _init_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder of ``--init-from`` (a run's latest, or the folder itself), with all three networks."""
     path = Path(path)
-    ckdir = _latest(path) if (path / LATEST_FILE).exists() else path
+    ckdir = latest_checkpoint(path) if (path / LATEST_FILE).exists() else path
     missing = [name for name in (G_FILE, G_EMA_FILE, D_FILE) if not (ckdir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path}: not a GAN run or checkpoint folder (no {', '.join(missing)})")
     return ckdir
-
-
-def _latest(run: Path) -> Path:
-    """The checkpoint folder a run's latest.json names."""
-    return run / json.loads((run / LATEST_FILE).read_text())["checkpoint"]
 
 
 def train(cfg: GanTrainConfig) -> Path:
@@ -416,50 +372,12 @@ def train(cfg: GanTrainConfig) -> Path:
 
 # ---- trained generators ----
 
-def generator_file(path: str | Path, name: str = G_EMA_FILE) -> Path:
-    """The weights file of ``path``: itself (a .safetensors), a checkpoint folder's ``name`` (G_ema by
-    default), a run's latest checkpoint's."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / LATEST_FILE).exists():
-            path = _latest(path)
-        path = path / name
-    return path
-
-
-def _load_network(file: Path, fmt: str, build: Callable[..., nn.Module]) -> nn.Module:
-    state, meta = read_tensors(file)
-    if meta.get("format") != fmt:
-        raise ValueError(f"{file}: not a {fmt} file (format {meta.get('format')!r})")
-    try:
-        config = json.loads(meta["config"])
-        config["channels"] = {int(k): v for k, v in config["channels"].items()}
-    except (KeyError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{file}: bad network config in metadata ({exc})") from None
-    # Built on the meta device, then given the file's tensors: no random initialisation.
-    with torch.device("meta"):
-        network = build(**config)
-    load_state_dict_checked(network, state, str(file), assign=True)
-    return network.eval()
-
-
-def load_generator(path: str | Path) -> Generator:
-    """A trained generator (CPU, eval mode) from a weights file, checkpoint or run folder (``generator_file``)."""
-    return _load_network(generator_file(path), GENERATOR_FORMAT, Generator)
-
-
 def load_discriminator(path: str | Path) -> Discriminator:
     """The discriminator trained beside a generator: a checkpoint or run folder (a lone G file has none)."""
     file = generator_file(path, D_FILE)
     if not Path(path).is_dir() or not file.exists():
         raise FileNotFoundError(f"{path}: no {D_FILE} (give the GAN run or checkpoint folder)")
-    return _load_network(file, DISCRIMINATOR_FORMAT, Discriminator)
-
-
-@torch.no_grad()
-def truncation_centre(g: Generator, n_mean: int = 4096) -> Tensor:
-    """(style_dim,) the mean W of ``n_mean`` z drawn with seed 0: the truncation centre of our generators."""
-    return g.style(torch.randn(n_mean, g.style_dim, generator=torch.Generator().manual_seed(0))).mean(0)
+    return load_network(file, DISCRIMINATOR_FORMAT, Discriminator)
 
 
 @torch.no_grad()
