@@ -4,9 +4,6 @@ can checkpoint and replay them). Images are in [-1, 1].
 - DiffAugment (Zhao et al., NeurIPS 2020): applied to real AND fake images before the discriminator, so D
   cannot memorise a small training set and G still gets gradients through the augmentation. The operations
   and their ranges are those of the authors' ``DiffAugment_pytorch.py``.
-- ``geometric_blur_noise``: expectation over transformation (Athalye et al., 2018) for an image DFR that RigNet
-  trains against: sub-pixel shift and scale, Gaussian blur and noise, never colour (colour is the light).
-  Pixel patterns that fool the DFR at one exact placement do not survive them; a face change does.
 """
 
 from __future__ import annotations
@@ -83,29 +80,3 @@ def diff_augment(x: Tensor, policy: str = POLICY, generator: torch.Generator | N
         x = OPS[name](x, generator)
     return x
 
-
-def geometric_blur_noise(x: Tensor, generator: torch.Generator | None = None, shift: float = 1.5,
-                         scale: float = 0.03, blur: float = 1.0, noise: float = 0.03) -> Tensor:
-    """Per sample: shift by up to ``shift`` pixels and scale by up to ``scale`` (bilinear, border padding),
-    Gaussian blur of sigma up to ``blur`` pixels (5 taps), Gaussian noise of std up to ``noise``."""
-    b, c, h, w = x.shape
-
-    def uniform(low: float, high: float) -> Tensor:
-        return low + (high - low) * torch.rand(b, generator=generator, device=x.device)
-
-    theta = torch.zeros(b, 2, 3, device=x.device)
-    zoom = uniform(1 - scale, 1 + scale)
-    theta[:, 0, 0], theta[:, 1, 1] = zoom, zoom
-    theta[:, 0, 2], theta[:, 1, 2] = uniform(-shift, shift) * 2 / w, uniform(-shift, shift) * 2 / h
-    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False).to(x.dtype)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    # Separable blur, one kernel per sample: a grouped convolution over (1, B*C, H, W).
-    sigma = uniform(1e-3, blur)
-    taps = torch.arange(-2, 3, device=x.device, dtype=torch.float32)
-    kernel = torch.softmax(-taps.pow(2) / (2 * sigma[:, None].pow(2)), 1).repeat_interleave(c, 0).to(x.dtype)
-    flat = x.reshape(1, b * c, h, w)
-    flat = F.conv2d(F.pad(flat, [2, 2, 0, 0], mode="replicate"), kernel[:, None, None, :], groups=b * c)
-    flat = F.conv2d(F.pad(flat, [0, 0, 2, 2], mode="replicate"), kernel[:, None, :, None], groups=b * c)
-    x = flat.reshape(b, c, h, w)
-    std = uniform(0, noise).to(x.dtype)[:, None, None, None]
-    return x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 description="StyleRig (facerig.stylerig): DFR and RigNet over a frozen generator.")
     sub = rig.add_subparsers(dest="stylerig_command", required=True)
     t = sub.add_parser("train", help="capture generated faces, train the DFR and the RigNets (resumable)",
-                       description="Build a StyleRig over a trained generator; RUN/model is the rig.")
+                       description="Build a StyleRig over a trained generator by a recipe (a TOML file: "
+                                   "configs/stylerig/, docs/stylerig.md); OUT/model is the rig.")
     add_dataclass_arguments(t, RigTrainConfig)
     t.set_defaults(func=_rig_train)
 
@@ -118,9 +119,9 @@ def _gan_evaluate(args: argparse.Namespace) -> int:
 
 def _rig_train(args: argparse.Namespace) -> int:
     from facerig.stylerig.rig_train import RigTrainConfig, train
+    from facerig.training import config_from_args
 
-    cfg = RigTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RigTrainConfig)})
-    print(f"facerig stylerig train: wrote {train(cfg)}")
+    print(f"facerig stylerig train: wrote {train(config_from_args(RigTrainConfig, args))}")
     return 0
 
 

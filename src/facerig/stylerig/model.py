@@ -14,13 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facerig.face3d import FaceParams
-from facerig.stylerig.rig import DFR, MODES, ImageDFR, ParamSpace, RigNet, mix
+from facerig.stylerig.rig import DFR, DFR_KINDS, MODES, ImageDFR, ParamSpace, RigNet, build_dfr, mix, read_parameters
 from facerig.stylerig.stylegan2 import Generator, render_latents
 from facerig.weights import PretrainedMixin
 
 # Style-mixing layer groups as fractions of the W+ layers (StyleGAN's coarse 4-8 px, middle 16-32 px, fine
 # above, for 1024 px: layers 0-3, 4-7, 8-17 of 18).
-DFR_KINDS = ("mlp", "image")
 MIX_LAYERS = {"coarse": (0.0, 0.25), "middle": (0.25, 0.45), "fine": (0.45, 1.0)}
 
 
@@ -35,7 +34,7 @@ class StyleRigConfig:
     steering: bool = False  # RigNets are the steering baseline (delta p -> delta w)
     relative: bool = False  # RigNets edit by delta(w, target) - delta(w, source) (``RigNet``)
     subspace: int = 0  # RigNets write delta w in this many principal directions of W (0: all of W)
-    dfr: str = "mlp"  # "mlp": the paper's DFR on W+; "image": a CNN on the generated image
+    dfr: str = "mlp"  # ``DFR_KINDS``: "mlp", the paper's DFR on W+; "image", a CNN on the generated image
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,8 +66,7 @@ class StyleRigModel(PretrainedMixin, nn.Module):
         g = self.generator
         self.register_buffer("latent_avg", torch.zeros(g.style_dim))
         self.space = ParamSpace(config.field_sizes)
-        dfr = DFR(g.n_latent, g.style_dim, self.space.dim) if config.dfr == "mlp" else ImageDFR(g.size, self.space.dim)
-        self.dfr = dfr.requires_grad_(False)
+        self.dfr = build_dfr(config.dfr, g, self.space.dim).requires_grad_(False)
         self.rignets = nn.ModuleDict({
             mode: RigNet(g.n_latent, g.style_dim, sum(s.stop - s.start for s in self.space.slices(MODES[mode])),
                          steering=config.steering, relative=config.relative,
@@ -84,7 +82,7 @@ class StyleRigModel(PretrainedMixin, nn.Module):
         steering, relative, subspace = forms.pop()
         config = StyleRigConfig({"size": generator.size, "style_dim": generator.style_dim, "n_mlp": len(generator.style) - 1,
                                  "channels": generator.channels}, space.sizes, list(rignets), truncation, list(frame), steering,
-                                relative, subspace, "image" if isinstance(dfr, ImageDFR) else "mlp")
+                                relative, subspace, dfr.kind)
         state = {**{f"generator.{k}": v for k, v in generator.state_dict().items()}, "latent_avg": latent_avg,
                  **{f"space.{k}": v for k, v in space.state_dict().items()},
                  **{f"dfr.{k}": v for k, v in dfr.state_dict().items()},
@@ -109,7 +107,7 @@ class StyleRigModel(PretrainedMixin, nn.Module):
 
     def latent_vector(self, w_plus: Tensor) -> Tensor:
         """DFR's normalised parameter vector of ``w_plus`` (through the generator for an image DFR)."""
-        return self.dfr(w_plus) if self.config.dfr == "mlp" else self.dfr(self.generate(w_plus))
+        return read_parameters(self.dfr, self.generator, w_plus)
 
     def face_params(self, w_plus: Tensor, template: FaceParams) -> FaceParams:
         """DFR's parameters of ``w_plus``; fields it does not predict from ``template``."""

@@ -3,7 +3,8 @@
 - ``ParamSpace``: the face parameters StyleRig reads and writes (those facerig's capture fits: shape,
   expression, rotation, albedo, SH light, camera) as one normalised vector; the rest (translation, jaw,
   focal) keep the face model's defaults, as capture keeps them.
-- ``DFR``: W+ -> parameters, a 3-layer MLP with ELU as in the paper.
+- ``DFR``: W+ -> parameters, a 3-layer MLP with ELU as in the paper; ``ImageDFR``: the generated image ->
+  parameters, a small CNN, composed with the frozen generator (``read_parameters``).
 - ``RigNet``: (W+, target parameters of one mode) -> edited W+. Per layer a linear encoder style_dim -> 32
   and a decoder (32 + the mode's parameters) -> delta w (two layers, ELU), w' = w + delta. The decoder's
   last layer starts at zero, so an untrained RigNet is the identity. ``steering=True`` is the paper's
@@ -22,9 +23,7 @@
 - ``rignet_losses``: L_rec, L_edit and L_consist of the paper with its parameter mixing: the edit loss
   compares v's parameters with v's parameters whose *controlled* part comes from DFR(w'), the consistency
   loss compares w's parameters with w's whose *uncontrolled* part comes from DFR(w'); both directions
-  (w -> v and v -> w) are trained, the paper's two-way cycle. Not in the paper: with an identity weight,
-  the squared distance between face embeddings of the edited and the source image (an embedding network
-  distilled from dlib's, read beside the DFR: see ``rig_train``), so edits keep who the face is.
+  (w -> v and v -> w) are trained, the paper's two-way cycle. Each term is a free function.
 
 Modes (``MODES``) name the parameters a RigNet controls; ``all`` is simultaneous control.
 """
@@ -41,9 +40,8 @@ from torch import Tensor, nn
 
 from facerig.face3d import FaceParams, MorphableModel
 from facerig.face3d.camera import project
-from facerig.face3d.light import directional_light, split_light
-from facerig.face3d.rotation import axis_angle_to_euler, euler_to_axis_angle
 from facerig.render.sh import sh_shading
+from facerig.stylerig.stylegan2 import render_latents
 
 FITTED_FIELDS = ("shape", "expression", "rotation", "albedo", "light", "cam")
 MODES = {"pose": ("rotation",), "expression": ("expression",), "light": ("light",),
@@ -103,6 +101,12 @@ class ParamSpace(nn.Module):
 class DFR(nn.Module):
     """W+ (B, n_latent, style_dim) -> normalised parameter vector (B, dim): 3-layer MLP, ELU (the paper's)."""
 
+    kind = "mlp"
+
+    @classmethod
+    def for_generator(cls, generator, dim: int) -> "DFR":
+        return cls(generator.n_latent, generator.style_dim, dim)
+
     def __init__(self, n_latent: int, style_dim: int, dim: int, hidden: int = 512):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(n_latent * style_dim, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
@@ -115,7 +119,13 @@ class DFR(nn.Module):
 class ImageDFR(nn.Module):
     """Generated images (B,3,S,S) in [-1,1] -> normalised parameter vector: a small CNN (two 3x3 convs per
     level, stride 2 down to 4x4, 32..256 channels, ELU) and the same MLP head as ``DFR``. Composed with the
-    frozen generator it is a DFR that RigNet can only satisfy by changing the image (see ``rig_train``)."""
+    frozen generator it is a DFR that RigNet can only satisfy by changing the image (``read_parameters``)."""
+
+    kind = "image"
+
+    @classmethod
+    def for_generator(cls, generator, dim: int) -> "ImageDFR":
+        return cls(generator.size, dim)
 
     def __init__(self, size: int, dim: int, width: int = 32, hidden: int = 512):
         super().__init__()
@@ -128,6 +138,22 @@ class ImageDFR(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))
+
+
+DFR_KINDS = {net.kind: net for net in (DFR, ImageDFR)}
+
+
+def build_dfr(kind: str, generator, dim: int) -> DFR | ImageDFR:
+    """An untrained DFR of ``kind`` (``DFR_KINDS``) for ``generator``'s W+ and images."""
+    if kind not in DFR_KINDS:
+        raise ValueError(f"unknown DFR kind {kind!r} (known: {', '.join(DFR_KINDS)})")
+    return DFR_KINDS[kind].for_generator(generator, dim)
+
+
+def read_parameters(dfr: DFR | ImageDFR, generator, w_plus: Tensor) -> Tensor:
+    """(B, dim) the DFR's normalised parameters of W+ (B, n_latent, style_dim): the MLP reads W+, an image
+    DFR the image the frozen generator draws from it (differentiable in ``w_plus`` either way)."""
+    return dfr(render_latents(generator, w_plus)) if isinstance(dfr, ImageDFR) else dfr(w_plus)
 
 
 class RigNet(nn.Module):
@@ -199,11 +225,6 @@ class LossWeights:
     rec: float = 1.0  # L_rec: ||RigNet(w, p_w) - w||^2, per latent entry
     edit: float = 1.0  # L_edit, face_distance units
     consist: float = 1.0  # L_consist, face_distance units
-    # Not in the paper: the GAN's discriminator on the edited image, softplus(-D). A DFR that reads images
-    # can be satisfied by artefacts the generator paints over the face; a realism term keeps edits on faces.
-    real: float = 0.0
-    # Not in the paper: squared distance of the edited face's embedding from the source's (dlib units).
-    identity: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,122 +272,49 @@ def mix(base: Tensor, other: Tensor, space: ParamSpace, names: tuple[str, ...]) 
     return out
 
 
-def rignet_losses(rignet: RigNet, dfr, space: ParamSpace, distance: FaceDistance, template: FaceParams,
-                  w: Tensor, v: Tensor, mode: str, weights: LossWeights,
-                  realism: Callable[[Tensor], Tensor] | None = None,
-                  targets: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions; ``dfr``
-    maps W+ to the normalised parameter vector (the MLP, or an image DFR over the generator). With
-    ``weights.real``, ``realism`` maps edited W+ to a per-item loss (low for realistic images). With
-    ``weights.identity``, ``dfr``'s output carries a face embedding after the parameter vector. ``targets``
-    (not in the paper; e.g. a ``TargetSampler``) maps (p_a, p_b) to the parameters RigNet is asked to reach
-    from a; by default the other face's, p_b."""
-    if weights.real and realism is None:
-        raise ValueError("a realism weight needs a realism loss (the GAN's discriminator)")
-    controlled = MODES[mode]
+def reconstruction_loss(rignet: RigNet, a: Tensor, p_a: Tensor, space: ParamSpace, controlled: tuple[str, ...]) -> Tensor:
+    """L_rec: mean squared W+ change of ``a`` (B, n_latent, style_dim) when RigNet is asked for its own
+    parameters ``p_a`` (B, dim)."""
+    own = space.select(p_a, controlled)
+    return (rignet(a, own, own) - a).pow(2).mean()
+
+
+def edit_loss(distance: FaceDistance, decode: Callable[[Tensor], FaceParams], p_target: Tensor, p_hat: Tensor,
+              space: ParamSpace, controlled: tuple[str, ...]) -> Tensor:
+    """L_edit: the target ``p_target`` (B, dim) against itself with its controlled part read from the edit
+    (``p_hat``), in ``distance`` units, mean over the batch."""
+    return distance(decode(mix(p_target, p_hat, space, controlled)), decode(p_target)).mean()
+
+
+def consistency_loss(distance: FaceDistance, decode: Callable[[Tensor], FaceParams], p_source: Tensor, p_hat: Tensor,
+                     space: ParamSpace, controlled: tuple[str, ...]) -> Tensor:
+    """L_consist: the source ``p_source`` (B, dim) against itself with its uncontrolled part read from the
+    edit (``p_hat``), in ``distance`` units, mean over the batch."""
     rest = tuple(k for k in FITTED_FIELDS if k not in controlled)
+    return distance(decode(mix(p_source, p_hat, space, rest)), decode(p_source)).mean()
+
+
+def rignet_losses(rignet: RigNet, dfr: Callable[[Tensor], Tensor], space: ParamSpace, distance: FaceDistance,
+                  template: FaceParams, w: Tensor, v: Tensor, mode: str, weights: LossWeights,
+                  targets: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """The paper's three losses for latents ``w`` and ``v`` (B, n_latent, style_dim), both directions, and
+    their weighted ``total``; ``dfr`` maps W+ to the normalised parameter vector (B, dim) (the MLP, or an
+    image DFR over the generator). ``targets`` (not in the paper; e.g. a ``TargetSampler``) maps (p_a, p_b)
+    to the parameters RigNet is asked to reach from a; by default the other face's, p_b."""
+    controlled = MODES[mode]
     with torch.no_grad():
-        read = dfr(torch.cat([w, v]))
-    if weights.identity and read.shape[1] == space.dim:
-        raise ValueError("an identity weight needs a DFR whose output carries a face embedding")
-    read_w, read_v = read.chunk(2)
+        p_w, p_v = dfr(torch.cat([w, v])).chunk(2)
     decode = lambda x: space.decode(x, template)  # noqa: E731
-    out = {k: w.new_zeros(()) for k in ("rec", "edit", "consist", "real", "identity")}
-    for a, read_a, read_b in ((w, read_w, read_v), (v, read_v, read_w)):
-        p_a, p_b = read_a[:, :space.dim], read_b[:, :space.dim]
+    out = {k: w.new_zeros(()) for k in ("rec", "edit", "consist")}
+    for a, p_a, p_b in ((w, p_w, p_v), (v, p_v, p_w)):
         if targets is not None:
             p_b = targets(p_a, p_b)
-        edited = rignet(a, space.select(p_b, controlled), space.select(p_a, controlled))
-        read_hat = dfr(edited)
-        p_hat = read_hat[:, :space.dim]
+        p_hat = dfr(rignet(a, space.select(p_b, controlled), space.select(p_a, controlled)))
         if weights.rec:
-            same = rignet(a, space.select(p_a, controlled), space.select(p_a, controlled))
-            out["rec"] = out["rec"] + (same - a).pow(2).mean() / 2
+            out["rec"] = out["rec"] + reconstruction_loss(rignet, a, p_a, space, controlled) / 2
         if weights.edit:
-            out["edit"] = out["edit"] + distance(decode(mix(p_b, p_hat, space, controlled)), decode(p_b)).mean() / 2
+            out["edit"] = out["edit"] + edit_loss(distance, decode, p_b, p_hat, space, controlled) / 2
         if weights.consist:
-            out["consist"] = out["consist"] + distance(decode(mix(p_a, p_hat, space, rest)), decode(p_a)).mean() / 2
-        if weights.real:
-            out["real"] = out["real"] + realism(edited).mean() / 2
-        if weights.identity:
-            out["identity"] = out["identity"] + (read_hat[:, space.dim:] - read_a[:, space.dim:]).pow(2).sum(1).mean() / 2
-    out["total"] = sum(getattr(weights, k) * out[k] for k in ("rec", "edit", "consist", "real", "identity"))
+            out["consist"] = out["consist"] + consistency_loss(distance, decode, p_a, p_hat, space, controlled) / 2
+    out["total"] = sum(getattr(weights, k) * out[k] for k in ("rec", "edit", "consist"))
     return out
-
-
-# Edits people make (facerig edit, the UI's sliders), sampled for RigNet training targets: absolute yaw and
-# pitch (degrees), a light direction in front of the face, and one or two expression groups set to a weight.
-EDIT_YAW = 35.0
-EDIT_PITCH = 15.0
-EDIT_EXPRESSIONS = (("mouthSmile_L", "mouthSmile_R"), ("mouthSmile_L",), ("mouthSmile_R",), ("jawOpen",),
-                    ("browInnerUp_L", "browInnerUp_R"), ("browDown_L", "browDown_R"), ("eyeBlink_L", "eyeBlink_R"),
-                    ("mouthPucker",), ("mouthFunnel",), ("noseSneer_L", "noseSneer_R"),
-                    ("mouthFrown_L", "mouthFrown_R"))
-
-
-class TargetSampler:
-    """RigNet's training targets beyond the paper's (the other face's parameters), ``(p_a, p_b) -> target``.
-
-    Generated faces span little of what users ask for (this project's 64 px generator: yaw within +-12
-    degrees, smile and jaw opening below 0.5 in 99 % of its captured samples), so a RigNet trained only on
-    pairs of them is never asked for a 30 degree turn or a full smile. A fraction ``edits`` of each batch
-    gets instead the source's own parameters with a sampled edit of the mode's fields (each of them, or for
-    ``all`` a random non-empty subset): yaw uniform in +-``EDIT_YAW``, half of them with a pitch in
-    +-``EDIT_PITCH``; a light from a random direction in front of the face at the source's intensity and
-    ambient (as ``facerig edit --light-dir`` sets it); one or two ``EDIT_EXPRESSIONS`` groups set to a
-    weight uniform in [0, 1]. ``spread`` > 0 moves the others past the other face's, to p_a + k (p_b - p_a)
-    with k uniform in [1, 1 + spread]."""
-
-    def __init__(self, face: MorphableModel, space: ParamSpace, template: FaceParams, mode: str, edits: float = 0.0,
-                 spread: float = 0.0, generator: torch.Generator | None = None):
-        if not 0 <= edits <= 1 or spread < 0:
-            raise ValueError(f"edits must be in [0, 1] and spread >= 0, not {edits} and {spread}")
-        self.space, self.template, self.fields = space, template, MODES[mode]
-        self.edits, self.spread, self.gen = edits, spread, generator
-        names = set(face.expression_names)
-        self.groups = [[face.expression_index(n) for n in group]
-                       for group in EDIT_EXPRESSIONS if names.issuperset(group)]
-
-    def _uniform(self, n: int, low: float, high: float) -> Tensor:
-        return low + (high - low) * torch.rand(n, generator=self.gen)
-
-    def sample_edits(self, p: FaceParams) -> FaceParams:
-        """``p`` with a sampled edit of the mode's fields per item (see the class docstring)."""
-        b, q = p.batch_size, p.clone()
-        chosen = torch.zeros(b, len(self.fields), dtype=torch.bool)
-        while not chosen.any(1).all():  # a non-empty subset per item
-            redo = ~chosen.any(1)
-            chosen[redo] = torch.rand(int(redo.sum()), len(self.fields), generator=self.gen) < 0.5 \
-                if len(self.fields) > 1 else True
-        pick = dict(zip(self.fields, chosen.unbind(1)))
-        if "rotation" in pick:
-            euler = axis_angle_to_euler(p.rotation)
-            euler[:, 0] = self._uniform(b, -EDIT_YAW, EDIT_YAW)
-            pitched = torch.rand(b, generator=self.gen) < 0.5
-            euler[:, 1] = torch.where(pitched, self._uniform(b, -EDIT_PITCH, EDIT_PITCH), euler[:, 1])
-            rotation = euler_to_axis_angle(euler[:, 0], euler[:, 1], euler[:, 2]).to(p.rotation)
-            q.rotation = torch.where(pick["rotation"][:, None], rotation, p.rotation)
-        if "light" in pick:
-            _, intensity, ambient = split_light(p.light)
-            direction = torch.stack([self._uniform(b, -1, 1), self._uniform(b, -0.5, 0.7), self._uniform(b, 0.2, 1)], 1)
-            relit = directional_light(direction, intensity, ambient)
-            q.light = torch.where(pick["light"][:, None, None], relit, p.light)
-        if "expression" in pick:
-            for i in torch.nonzero(pick["expression"]).flatten().tolist():
-                n_groups = 1 + int(torch.rand((), generator=self.gen) < 0.4)
-                for g in torch.randperm(len(self.groups), generator=self.gen)[:n_groups].tolist():
-                    q.expression[i, self.groups[g]] = float(torch.rand((), generator=self.gen))
-        return q
-
-    def __call__(self, p_a: Tensor, p_b: Tensor) -> Tensor:
-        b = p_a.shape[0]
-        if self.spread:
-            k = 1 + self.spread * torch.rand(b, 1, generator=self.gen)
-            p_b = mix(p_b, p_a + k * (p_b - p_a), self.space, self.fields)
-        if self.edits:
-            use = torch.rand(b, generator=self.gen) < self.edits
-            if use.any():
-                edited = self.space.encode(self.sample_edits(self.space.decode(p_a[use], self.template)))
-                p_b = p_b.clone()
-                p_b[use] = mix(p_a[use], edited, self.space, self.fields)
-        return p_b
