@@ -14,7 +14,8 @@ from test_diffusion_train import make_dataset
 from facerig import cli
 from facerig.stylerig import gan_train
 from facerig.stylerig.augment import diff_augment
-from facerig.stylerig.gan_train import GanTrainConfig, export_rosinality, load_generator, load_images, r1_penalty, train
+from facerig.stylerig.gan_data import load_images
+from facerig.stylerig.gan_train import GanTrainConfig, export_rosinality, load_generator, r1_penalty, train
 from facerig.stylerig.stylegan2 import Discriminator, load_rosinality
 from facerig.weights import read_tensors
 
