@@ -20,7 +20,7 @@ bit-identical to an uninterrupted one (same thread count). R1 and path length ar
     RUN/checkpoints/step_NNNNNNNN/{generator,g_ema,discriminator}.safetensors  (config + step in metadata)
                                   trainer.safetensors + trainer.json, rng.safetensors
 
-``load_generator`` reads a G_ema (or G) file, checkpoint or run folder; ``export_rosinality`` writes it as a
+``generator_io.load_generator`` reads a G_ema (or G) file, checkpoint or run folder; ``export_rosinality`` writes it as a
 rosinality ``.pt`` for ``stylegan2.load_rosinality``.
 """
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,10 @@ from facerig import runtime
 from facerig.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, contact_sheet, to_uint8_image
 from facerig.stylerig.augment import POLICY, diff_augment, parse_policy
 from facerig.stylerig.gan_data import load_images
+from facerig.stylerig.generator_io import (  # noqa: F401 (load_generator, truncation_centre: read from here too)
+    G_EMA_FILE, G_FILE, GENERATOR_FORMAT, generator_file, latest_checkpoint, load_generator, load_network,
+    truncation_centre,
+)
 from facerig.stylerig.stylegan2 import Discriminator, Generator
 from facerig.training import (
     LATEST_FILE, RunFolder, StepOptions, changed_settings, optimizer_state_from_files, optimizer_state_to_files,
@@ -53,9 +56,8 @@ from facerig.training.hardware import setup_hardware
 from facerig.training.loop import train_steps
 from facerig.weights import load_state_dict_checked, read_tensors, save_weights
 
-GENERATOR_FORMAT = "facerig-stylegan2-generator"
 DISCRIMINATOR_FORMAT = "facerig-stylegan2-discriminator"
-G_FILE, G_EMA_FILE, D_FILE = "generator.safetensors", "g_ema.safetensors", "discriminator.safetensors"
+D_FILE = "discriminator.safetensors"
 # Settings a resumed run must share with its checkpoint: they define the model, its data and its randomness.
 RESUME_FIXED = ("data", "frame", "size", "seed", "channel_base", "channel_max", "style_dim", "n_mlp", "mirror")
 SAMPLE_ROWS, SAMPLE_COLS = 4, 8
@@ -356,16 +358,11 @@ class GanTrainer:
 def _init_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder of ``--init-from`` (a run's latest, or the folder itself), with all three networks."""
     path = Path(path)
-    ckdir = _latest(path) if (path / LATEST_FILE).exists() else path
+    ckdir = latest_checkpoint(path) if (path / LATEST_FILE).exists() else path
     missing = [name for name in (G_FILE, G_EMA_FILE, D_FILE) if not (ckdir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path}: not a GAN run or checkpoint folder (no {', '.join(missing)})")
     return ckdir
-
-
-def _latest(run: Path) -> Path:
-    """The checkpoint folder a run's latest.json names."""
-    return run / json.loads((run / LATEST_FILE).read_text())["checkpoint"]
 
 
 def train(cfg: GanTrainConfig) -> Path:
@@ -375,50 +372,12 @@ def train(cfg: GanTrainConfig) -> Path:
 
 # ---- trained generators ----
 
-def generator_file(path: str | Path, name: str = G_EMA_FILE) -> Path:
-    """The weights file of ``path``: itself (a .safetensors), a checkpoint folder's ``name`` (G_ema by
-    default), a run's latest checkpoint's."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / LATEST_FILE).exists():
-            path = _latest(path)
-        path = path / name
-    return path
-
-
-def _load_network(file: Path, fmt: str, build: Callable[..., nn.Module]) -> nn.Module:
-    state, meta = read_tensors(file)
-    if meta.get("format") != fmt:
-        raise ValueError(f"{file}: not a {fmt} file (format {meta.get('format')!r})")
-    try:
-        config = json.loads(meta["config"])
-        config["channels"] = {int(k): v for k, v in config["channels"].items()}
-    except (KeyError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{file}: bad network config in metadata ({exc})") from None
-    # Built on the meta device, then given the file's tensors: no random initialisation.
-    with torch.device("meta"):
-        network = build(**config)
-    load_state_dict_checked(network, state, str(file), assign=True)
-    return network.eval()
-
-
-def load_generator(path: str | Path) -> Generator:
-    """A trained generator (CPU, eval mode) from a weights file, checkpoint or run folder (``generator_file``)."""
-    return _load_network(generator_file(path), GENERATOR_FORMAT, Generator)
-
-
 def load_discriminator(path: str | Path) -> Discriminator:
     """The discriminator trained beside a generator: a checkpoint or run folder (a lone G file has none)."""
     file = generator_file(path, D_FILE)
     if not Path(path).is_dir() or not file.exists():
         raise FileNotFoundError(f"{path}: no {D_FILE} (give the GAN run or checkpoint folder)")
-    return _load_network(file, DISCRIMINATOR_FORMAT, Discriminator)
-
-
-@torch.no_grad()
-def truncation_centre(g: Generator, n_mean: int = 4096) -> Tensor:
-    """(style_dim,) the mean W of ``n_mean`` z drawn with seed 0: the truncation centre of our generators."""
-    return g.style(torch.randn(n_mean, g.style_dim, generator=torch.Generator().manual_seed(0))).mean(0)
+    return load_network(file, DISCRIMINATOR_FORMAT, Discriminator)
 
 
 @torch.no_grad()
