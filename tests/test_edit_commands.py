@@ -60,9 +60,17 @@ def test_unusable_photos_and_outputs_are_one_line(tmp_path, photo, capsys):
 
 
 def test_edit_writes_the_result(tmp_path, photo):
-    assert _edit(tmp_path, photo, "--yaw", "20", "--steps", "4", "--expr", "mouthSmile_L=0.8") == 0
+    assert _edit(tmp_path, photo, "--yaw", "20", "--steps", "4", "--expr", "mouthSmile_L=0.8", "--paste-back") == 0
     folder = tmp_path / "out" / "00003"
     assert all((folder / n).stat().st_size > 0 for n in ("source.png", "edited.png", "sheet.png", "edit.json"))
+    # at the photo's scale: FFHQ's 256 px photo is about its own crop; the rig's 64 px output beside it
+    sizes = __import__("json").loads((folder / "edit.json").read_text())["sizes"]
+    assert sizes["edited"] == sizes["source"] == list(Image.open(folder / "edited.png").size)
+    assert 256 <= sizes["edited"][0] <= 270 and sizes["edited_rig"] == [64, 64]
+    assert Image.open(folder / "pasted.png").size == Image.open(photo).size
+    assert _edit(tmp_path, photo, "--light-dir=-1,0.3,0.6", "--steps", "4", "--rig-size") == 0
+    assert Image.open(folder / "edited.png").size == Image.open(folder / "source.png").size == (64, 64)
+    assert __import__("json").loads((folder / "edit.json").read_text())["sizes"]["edited"] == [64, 64]
 
 
 def test_help_lists_every_rigs_options_from_their_contracts(capsys):

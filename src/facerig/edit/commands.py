@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "edit", help="relight, re-pose or change the expression of a portrait",
         description="Capture PHOTO, edit its 3D face parameters, re-render the buffers and generate the edited "
-                    "photo. Writes OUT/NAME/{source,edited,sheet}.png and edit.json (read by facerig eval).",
+                    "photo. Writes OUT/NAME/{source,edited,sheet}.png (edited.png at the photo's scale; edited_rig.png: "
+                    "the rig's own output) and edit.json (read by facerig eval).",
     )
     p.add_argument("photo", help="the portrait to edit")
     p.add_argument("--rig", choices=sorted(RIGS), default="diffusion", help="which rig generates the image")
@@ -28,8 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_spec_arguments(p)
     add_rig_options(p)
     p.add_argument("--paste-back", action="store_true",
-                   help="also write pasted.png: the edit warped back into the original photo through a feathered "
-                        "head mask (face, scalp, hair and ears near them); the rest stays the photo's")
+                   help="also write pasted.png: the edit warped back into the original photo, at its size, through a "
+                        "feathered head mask (face, scalp, hair and ears near them); the rest stays the photo's")
+    p.add_argument("--rig-size", action="store_true",
+                   help="write edited.png and source.png at the rig's own size (64 px for the shipped models) instead "
+                        "of the photo's: by default they are the aligned crop at the photo's scale (256 to 1024 px), "
+                        "the rig's change with the photo's detail carried to the edited face (docs/edit.md)")
     p.add_argument("--device", default="cpu")
     add_runtime_arguments(p)
     p.set_defaults(func=run)
@@ -101,7 +106,7 @@ def spec_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from facerig.edit import prepare_targets, write_edit
     from facerig.edit.editor import load_editor
-    from facerig.io import writable_folder
+    from facerig.io import to_uint8_image, writable_folder
 
     spec = spec_from_args(args)
     options = rig_options_from_args(args, args.rig)
@@ -115,15 +120,25 @@ def run(args: argparse.Namespace) -> int:
     spec.validate(editor.face)  # expression names, now that the face model is loaded
     session = editor.prepare(args.photo)
     result = editor.edit(session, spec, prepare_targets(editor, spec), **options)
-    write_edit(folder, result, spec, editor.face, {"rig": args.rig, "model": args.model, **options})
+    full = None
+    if not args.rig_size:
+        from facerig.edit.photo_scale import at_photo_scale
+
+        full = at_photo_scale(args.photo, session, result, editor.face)
+    images = {"source": to_uint8_image(full.source), "edited": to_uint8_image(full.edited)} if full else None
+    write_edit(folder, result, spec, editor.face, {"rig": args.rig, "model": args.model, **options}, images)
     if args.paste_back:
         from PIL import Image
 
         from facerig.edit.paste import head_mask, paste_into_file
+        from facerig.edit.photo_scale import paste_full
         from facerig.edit.spec import CAPTURE_SIZE
 
-        mask = head_mask([result.source_buffers.mask, result.target_buffers.mask])
-        Image.fromarray(paste_into_file(args.photo, result.edited, session.transform, CAPTURE_SIZE, mask,
-                                        result.frame)).save(folder / "pasted.png")
+        if full is not None:
+            pasted = paste_full(full)
+        else:
+            mask = head_mask([result.source_buffers.mask, result.target_buffers.mask])
+            pasted = paste_into_file(args.photo, result.edited, session.transform, CAPTURE_SIZE, mask, result.frame)
+        Image.fromarray(pasted).save(folder / "pasted.png")
     print(f"facerig edit: wrote {folder / 'edited.png'} and {folder / 'sheet.png'}")
     return 0

@@ -258,18 +258,23 @@ def prepare_targets(editor: Editor, spec: EditSpec, known: dict[str, Session] | 
     return out
 
 
-def edit_record(result: EditResult, spec: EditSpec, face: MorphableModel, options: dict | None = None) -> dict:
+def edit_record(result: EditResult, spec: EditSpec, face: MorphableModel, options: dict | None = None,
+                sizes: dict[str, list[int]] | None = None) -> dict:
     """edit.json: the spec, the options (rig, model and the rig's options), the face model, source and target
-    parameters. ``facerig edit`` writes it, the UI offers it for download, ``facerig eval`` reads it."""
+    parameters, and ``sizes`` (image name -> [width, height]) where given. ``facerig edit`` writes it, the UI
+    offers it for download, ``facerig eval`` reads it."""
     as_lists = lambda p: {k: v[0].tolist() for k, v in p.to_dict().items()}  # noqa: E731
-    return {"edit": spec.to_dict(), "options": options or {}, "model_face": face.name,
-            "source_params": as_lists(result.source_params), "target_params": as_lists(result.target_params)}
+    record = {"edit": spec.to_dict(), "options": options or {}, "model_face": face.name,
+              "source_params": as_lists(result.source_params), "target_params": as_lists(result.target_params)}
+    return {**record, "sizes": sizes} if sizes else record
 
 
 def write_edit(folder: str | Path, result: EditResult, spec: EditSpec, face: MorphableModel,
-               options: dict | None = None) -> Path:
+               options: dict | None = None, images: dict[str, np.ndarray] | None = None) -> Path:
     """source.png, edited.png, sheet.png (photo | rendered | normal | albedo, source row then edited row) and
-    edit.json (``edit_record``); returns the folder."""
+    edit.json (``edit_record``, with every image's size); returns the folder. ``images`` ("source" and
+    "edited", (H,W,3) uint8: the edit at the photo's scale, ``edit.photo_scale``) replace the rig-size
+    source.png and edited.png; edited_rig.png is always the rig's own output."""
     from PIL import Image
 
     from facerig.io import atomic_write_json, contact_sheet, to_uint8_image, writable_folder
@@ -277,8 +282,10 @@ def write_edit(folder: str | Path, result: EditResult, spec: EditSpec, face: Mor
     if not (torch.isfinite(result.edited).all() and torch.isfinite(result.target_params.light).all()):
         raise ValueError("the edit produced non-finite values; nothing written")
     folder = writable_folder(folder)
-    Image.fromarray(to_uint8_image(result.source, (-1, 1))).save(folder / "source.png")
-    Image.fromarray(to_uint8_image(result.edited, (-1, 1))).save(folder / "edited.png")
+    rig = {"source": to_uint8_image(result.source, (-1, 1)), "edited": to_uint8_image(result.edited, (-1, 1))}
+    written = {**rig, **(images or {}), "edited_rig": rig["edited"]}
+    for name, image in written.items():
+        Image.fromarray(image).save(folder / f"{name}.png")
 
     def row(buf: Buffers, photo: torch.Tensor) -> list[np.ndarray]:
         return [to_uint8_image(photo, (-1, 1)), to_uint8_image(buf.rendered[0]), to_uint8_image(buf.normal[0], (-1, 1)),
@@ -286,5 +293,6 @@ def write_edit(folder: str | Path, result: EditResult, spec: EditSpec, face: Mor
 
     sheet = contact_sheet([row(result.source_buffers, result.source), row(result.target_buffers, result.edited)])
     Image.fromarray(sheet).save(folder / "sheet.png")
-    atomic_write_json(folder / "edit.json", edit_record(result, spec, face, options))
+    sizes = {name: [image.shape[1], image.shape[0]] for name, image in written.items()}
+    atomic_write_json(folder / "edit.json", edit_record(result, spec, face, options, sizes))
     return folder
