@@ -152,6 +152,26 @@ def test_page_in_a_real_browser(server, tmp_path):
             assert page.get_attribute("#result", "src").startswith("data:image/png")
             assert not page.is_hidden("#download-json")
             page.screenshot(path=str(shots / "photo-edit.png"), full_page=True)
+            # a result the controls no longer match is marked stale, and unmarked when they match again
+            assert page.is_hidden("#stale")
+            page.check("#opt-invert")
+            page.fill("#opt-steps", "4")
+            page.wait_for_selector("#stale", state="visible", timeout=5_000)
+            page.uncheck("#opt-invert")
+            page.fill("#opt-steps", "3")
+            page.wait_for_selector("#stale", state="hidden", timeout=5_000)
+            page.eval_on_selector("#s-pitch", "el => { el.value = 10; el.dispatchEvent(new Event('input')); }")
+            page.wait_for_selector("#stale", state="visible", timeout=5_000)
+            page.screenshot(path=str(shots / "stale-result.png"), full_page=True)
+            # a busy server is said in the page, and the preview is asked again
+            count = int(page.get_attribute("#buffers", "data-count"))
+            page.route("**/api/preview", lambda route: route.fulfill(status=503, content_type="application/json", body=(
+                '{"error": "the server is busy (4 previews in progress); try again in a moment", "busy": true}')))
+            page.eval_on_selector("#s-roll", "el => { el.value = 5; el.dispatchEvent(new Event('input')); }")
+            page.wait_for_function("document.getElementById('error').textContent.includes('server is busy')", timeout=10_000)
+            page.unroute("**/api/preview")
+            page.wait_for_function(f"Number(document.getElementById('buffers').dataset.count) > {count}", timeout=30_000)
+            assert page.text_content("#error") == ""
             bad = tmp_path / "broken.png"
             bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
             page.set_input_files("#photo", str(bad))

@@ -33,9 +33,8 @@ from facerig.face3d.light import split_light
 from facerig.face3d.rotation import axis_angle_to_euler
 from facerig.io import contact_sheet, to_uint8_image
 from facerig.render import Renderer, RenderConfig
+from facerig.ui.limits import Busy, Limits, SessionStore, check_declared_size
 
-MAX_UPLOAD_BYTES = 25 << 20
-MAX_SESSIONS = 32
 # The ARKit expressions the page offers as sliders (ICT-FaceKit names).
 EXPRESSION_SLIDERS = ("mouthSmile_L", "mouthSmile_R", "jawOpen", "browInnerUp", "browDown_L", "browDown_R",
                       "eyeBlink_L", "eyeBlink_R", "mouthPucker", "mouthFunnel", "cheekPuff", "noseSneer_L")
@@ -113,16 +112,17 @@ class Job:
 
 class RigApp:
     def __init__(self, editor: Editor, rig: str, worker: TorchWorker, preview_size: int = 128,
-                 model: str | None = None):
+                 limits: Limits | None = None, model: str | None = None):
         self.editor, self.rig, self.worker, self.model = editor, rig, worker, model
+        self.limits = limits or Limits()
         # What the page offers comes from the rig's contract: a live rig (one cheap pass per edit) returns
         # its result with every preview instead of through a job.
         self.capabilities = editor.contract.capabilities
         self.live = self.capabilities.live
         self.renderer = Renderer(editor.face, RenderConfig(preview_size))
-        self.sessions: OrderedDict[str, Session] = OrderedDict()
-        self.jobs: dict[str, Job] = {}
-        self._sessions_lock = threading.Lock()
+        self.sessions = SessionStore(self.limits.sessions, self.limits.session_bytes)
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs_lock = threading.Lock()
 
     def info(self) -> dict:
         """The rig's contract: its generation options (type, default, range, help), capabilities and stages."""
@@ -137,8 +137,13 @@ class RigApp:
     def _upload(self, data: bytes, filename: str) -> dict:
         if not data:
             raise UserError("the upload is empty")
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise UserError(f"{filename}: {len(data) / 2**20:.0f} MB is over the {MAX_UPLOAD_BYTES >> 20} MB limit")
+        if len(data) > self.limits.upload_bytes:
+            raise UserError(f"{filename}: {len(data) / 2**20:.0f} MB is over the "
+                            f"{self.limits.upload_bytes >> 20} MB limit")
+        try:
+            check_declared_size(data, filename, self.limits.decoded_bytes)  # before anything decodes it
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         suffix = Path(filename).suffix.lower() if Path(filename).suffix else ".img"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"photo{suffix}"
@@ -172,18 +177,15 @@ class RigApp:
 
     def _add(self, session: Session) -> dict:
         sid = uuid.uuid4().hex[:12]
-        with self._sessions_lock:
-            self.sessions[sid] = session
-            while len(self.sessions) > MAX_SESSIONS:
-                self.sessions.popitem(last=False)
+        self.sessions.add(sid, session)
         return {"session": sid, "name": session.name, "overlay": png_data_url(self._overlay(session)),
                 "controls": self._controls(session)}
 
     def _session(self, sid: str | None) -> Session:
-        with self._sessions_lock:
-            if sid not in self.sessions:
-                raise UserError("that photo is no longer loaded; upload it again")
-            return self.sessions[sid]
+        session = self.sessions.get(sid)
+        if session is None:
+            raise UserError("that photo is no longer loaded; upload it again")
+        return session
 
     def _overlay(self, session: Session) -> np.ndarray:
         """The aligned photo with the fitted face's shading blended over its mask."""
@@ -282,7 +284,14 @@ class RigApp:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         job_id = uuid.uuid4().hex[:12]
-        job = self.jobs[job_id] = Job()
+        with self._jobs_lock:  # bounded: generations in flight, and finished ones kept for the page
+            if sum(not j.done for j in self.jobs.values()) >= self.limits.edits:
+                raise Busy(f"the server is busy ({self.limits.edits} generations queued or running); "
+                           "try again when one is done")
+            finished = [k for k, j in self.jobs.items() if j.done]
+            for k in finished[:max(0, len(finished) - self.limits.finished_jobs + 1)]:
+                del self.jobs[k]
+            job = self.jobs[job_id] = Job()
         self.worker.submit(self._run, job, session, spec, targets, options)
         return {"job": job_id}
 

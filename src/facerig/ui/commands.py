@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Serve the interactive rig on http://HOST:PORT (localhost by default).")
     p.add_argument("--model", required=True, help="the rig's trained model (run folder, checkpoint or .pt)")
     p.add_argument("--rig", default="diffusion", help="which rig generates the image (default diffusion)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only); any other needs the token printed "
+                        "at start")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--album", help="a personal model's album dataset: its shared identity shape is used")
     p.add_argument("--device", default="cpu")
@@ -25,15 +27,15 @@ def run(args: argparse.Namespace) -> int:
 
     from facerig.edit.editor import load_editor
     from facerig.ui.app import RigApp, TorchWorker
+    from facerig.ui.guard import new_token
     from facerig.ui.server import make_server
 
     editor = load_editor(args.rig, args.model, args.device, args.album, args.precision)
     worker = TorchWorker()
     app = RigApp(editor, args.rig, worker, model=args.model)
-    server = make_server(app, args.host, args.port)
+    server = make_server(app, args.host, args.port, token=new_token(args.host))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"facerig ui: serving the {args.rig} rig on http://{args.host}:{server.server_port} (Ctrl-C stops)",
-          flush=True)
+    print(f"facerig ui: serving the {args.rig} rig on {server.url} (Ctrl-C stops)", flush=True)
     try:
         worker.run_forever()  # torch work stays on the main thread (see facerig.ui.app)
     except KeyboardInterrupt:
