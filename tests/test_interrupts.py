@@ -23,7 +23,9 @@ from test_diffusion_train import make_dataset
 
 from facerig import cli
 from facerig.dataset import read_manifest
-from facerig.weights import read_tensors
+from facerig.stylerig.generator_io import GENERATOR_FORMAT
+from facerig.stylerig.stylegan2 import Generator
+from facerig.weights import read_tensors, save_weights
 
 
 def ctrl_c_when(argv: list[str], ready: Callable[[], bool], log: Path, timeout: float = 300) -> tuple[int, str]:
@@ -114,3 +116,32 @@ def test_ctrl_c_in_facerig_capture(tmp_path, one_thread):
     assert read_manifest(out), "the photo captured before Ctrl-C is kept"
     assert cli.main(args) == 0
     assert sorted(r["key"] for r in read_manifest(out)) == ["0.png", "1.png"]  # each once: nothing redone
+
+
+def test_ctrl_c_in_facerig_stylerig_train(tmp_path, one_thread, capsys):
+    """Interrupted while capturing generated faces (real dlib, which finds none in a random 16 px generator's
+    images); --resume captures only the missing chunks and ends as an uninterrupted run does."""
+    channels = {4: 32, 8: 32, 16: 16}
+    torch.manual_seed(0)
+    generator = tmp_path / "g_ema.safetensors"
+    save_weights(Generator(16, style_dim=32, n_mlp=2, channels=channels).state_dict(), generator, GENERATOR_FORMAT,
+                 {"size": 16, "style_dim": 32, "n_mlp": 2, "channels": channels})
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("[data]\nsamples = 128\n")  # two chunks of 64
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    args = ["stylerig", "train", str(generator), "--recipe", str(recipe), "--threads", "1"]
+    first_chunk = run / "data" / "chunk_0000.safetensors"
+    rc, err = ctrl_c_when([*args, "--out", str(run)], first_chunk.exists, tmp_path / "stderr.txt")
+    assert rc == 130 and "Traceback" not in err, err[-3000:]
+    assert re.fullmatch(r"facerig stylerig train: interrupted;.* continue with --resume", last_line(err)), last_line(err)
+    kept = first_chunk.read_bytes()
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(run)]) == 2 and "--resume" in capsys.readouterr().err  # not over a run
+    assert cli.main([*args, "--out", str(run), "--resume"]) == 2
+    assert cli.main([*args, "--out", str(straight)]) == 2
+    errors = re.findall(r"facerig stylerig train: error: [^\r\n]*", capsys.readouterr().err)
+    assert len(errors) == 2 and all("found a face in only 0 of 128" in e for e in errors), errors
+    assert first_chunk.read_bytes() == kept  # not captured again
+    chunks = sorted(p.name for p in (straight / "data").iterdir())
+    assert sorted(p.name for p in (run / "data").iterdir()) == chunks and len(chunks) == 2
+    assert all((run / "data" / c).read_bytes() == (straight / "data" / c).read_bytes() for c in chunks)

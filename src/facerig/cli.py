@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             configure_threads(args.threads)
         return int(args.func(args) or 0)
     except (OSError, ValueError) as exc:  # bad input, unreadable or unwritable files: one line, not a traceback
-        print(f"facerig {args.command}: error: {exc}", file=sys.stderr)
+        print(f"facerig {_full_command(args)}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C: one line (a job's says where it stopped: facerig.training.loop)
         print(f"facerig {_full_command(args)}: {exc or 'interrupted'}", file=sys.stderr)
