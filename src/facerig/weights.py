@@ -23,6 +23,14 @@ from facerig.io import atomic_save_safetensors, atomic_write_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+LATEST_FILE = "latest.json"  # a training run folder's pointer to its newest complete checkpoint
+
+
+def latest_checkpoint(run: str | Path) -> Path:
+    """The checkpoint folder a training run folder's ``latest.json`` names (``facerig.training.run_folder``
+    writes it), for whatever reads a run's weights: trainers resuming, editors and evaluations loading."""
+    run = Path(run)
+    return run / json.loads((run / LATEST_FILE).read_text())["checkpoint"]
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, fmt: str, config: dict, step: int = 0) -> None:

@@ -16,15 +16,13 @@ killed at any moment resumes from a whole checkpoint. Nothing here is unpickled.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from facerig import weights
 from facerig.diffusion.model import DiffusionRig, ModelConfig, build_from_state, load_official
-from facerig.training import LATEST_FILE
-from facerig.weights import read_tensors
+from facerig.weights import LATEST_FILE, latest_checkpoint, read_tensors
 
 FORMAT = DiffusionRig.weights_format
 MODEL_FILE = weights.WEIGHTS_FILE
@@ -60,7 +58,7 @@ def checkpoint_dir(path: str | Path) -> Path:
     if path.is_file():
         return path.parent
     if (path / LATEST_FILE).exists():
-        return path / json.loads((path / LATEST_FILE).read_text())["checkpoint"]
+        return latest_checkpoint(path)
     if (path / MODEL_FILE).exists():
         return path
     raise FileNotFoundError(f"{path}: no {LATEST_FILE} or {MODEL_FILE} (not a facerig run or checkpoint)")

@@ -15,16 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from facerig.stylerig.stylegan2 import Generator
-from facerig.weights import load_state_dict_checked, read_tensors
+from facerig.weights import LATEST_FILE, latest_checkpoint, load_state_dict_checked, read_tensors
 
 GENERATOR_FORMAT = "facerig-stylegan2-generator"
-LATEST_FILE = "latest.json"  # a run folder's pointer to its newest checkpoint (facerig.training.run_folder's)
 G_FILE, G_EMA_FILE = "generator.safetensors", "g_ema.safetensors"
-
-
-def latest_checkpoint(run: Path) -> Path:
-    """The checkpoint folder a run's latest.json names."""
-    return run / json.loads((run / LATEST_FILE).read_text())["checkpoint"]
 
 
 def generator_file(path: str | Path, name: str = G_EMA_FILE) -> Path:

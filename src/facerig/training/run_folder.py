@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from facerig.io import atomic_write_bytes, atomic_write_json, writable_folder
+from facerig.weights import LATEST_FILE, latest_checkpoint
 
-LATEST_FILE = "latest.json"
 TRAINER_FILE = "trainer.json"
 
 
@@ -95,8 +95,7 @@ class RunFolder:
 
     def latest(self) -> Path | None:
         """The checkpoint folder ``latest.json`` names; None before the first checkpoint."""
-        latest = self.path / LATEST_FILE
-        return self.path / json.loads(latest.read_text())["checkpoint"] if latest.exists() else None
+        return latest_checkpoint(self.path) if (self.path / LATEST_FILE).exists() else None
 
     def resume_from(self, resume: bool) -> Path | None:
         """The checkpoint to continue from: the latest with ``resume``, else None (a fresh run). A fresh run
