@@ -16,13 +16,14 @@
 their configs subclass ``StepOptions`` (a trainer's own default cadence via ``redefault``), their trainers
 are ``loop.StepTrainer``s.
 
-The seam for a trainer that is not one step loop (``facerig stylerig train``, stages that each resume on
-their own): its config may subclass ``RunOptions`` for the common options; ``setup_hardware(cfg.device,
+The seam for a trainer that is not one step loop (``facerig stylerig train``, whose stages each resume on
+their own, uses it): its config subclasses ``RunOptions`` for the common options; ``setup_hardware(cfg.device,
 cfg.precision, cfg.threads)`` gives its device and precision (and sets ``--threads``);
-``changed_settings(saved, cfg, keys)`` is the resume check against the config it saved (every field but
-``threads``, say), ``RunFolder.refuse_changes`` its message; ``with facerig.interrupt.interrupts_say("...;
-rerun with --resume to continue"):`` around its work gives its Ctrl-C line (without it the command says
-``facerig stylerig train: interrupted``, still exit code 130).
+``changed_settings(saved, cfg, keys)`` is the resume check against the config it saved,
+``RunFolder.refuse_changes`` the standard message; ``with facerig.interrupt.interrupts_say("...; continue
+with --resume"):`` around its work gives its Ctrl-C line (without it the command says ``facerig stylerig
+train: interrupted``, still exit code 130). A run folder's ``latest.json`` is read through
+``facerig.weights.latest_checkpoint``, so loaders need nothing from here.
 """
 
 from facerig.training.options import RunOptions, StepOptions, add_dataclass_arguments, config_from_args, option, redefault
