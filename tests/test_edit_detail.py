@@ -55,7 +55,7 @@ def test_no_edit_maps_every_pixel_to_itself(sphere):
     assert corr.flow.abs().max() * 128 < 1e-3  # pixels
     assert corr.confidence.min() > 0.999 and torch.equal(corr.ratio, torch.ones_like(corr.ratio))
     image = torch.rand(1, 3, 128, 128)
-    assert (warp(image, corr) - image).abs().max() < 1e-4
+    assert (warp(image, corr.flow) - image).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("yaw,pitch", [(25.0, 0.0), (-20.0, 10.0)])
@@ -65,7 +65,7 @@ def test_warped_detail_follows_a_head_rotation(sphere, yaw, pitch):
     src, _, _ = painted(model, params, 128)
     truth, point, on_face = painted(model, edited, 128)
     corr = surface_correspondence(model, params, edited, 128)
-    carried = warp(src, corr)
+    carried = warp(src, corr.flow)
     trusted = (corr.confidence[0, 0] > 0.99) & (on_face[0, 0] > 0)
     assert trusted.sum() > 0.6 * on_face.sum()  # most of the turned face was seen in the source
     err = (carried - truth).abs().mean(1)[0][trusted]
@@ -171,7 +171,7 @@ def test_an_edit_comes_back_at_the_photo_s_scale_and_into_the_photo(big_photo):
     from PIL import Image
 
     from facerig.edit import EditResult
-    from facerig.edit.photo_scale import at_photo_scale, paste_full
+    from facerig.edit.photo_scale import at_photo_scale, paste_full, photo_crop
     from facerig.render import Renderer, RenderConfig
 
     path, face, session = big_photo
@@ -187,3 +187,9 @@ def test_an_edit_comes_back_at_the_photo_s_scale_and_into_the_photo(big_photo):
     pasted = paste_full(edit)
     photo = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
     assert pasted.shape == photo.shape and np.abs(pasted - photo).mean() < 1.5
+    # a crop cut once (as the UI keeps it) gives the same edit, without the photo for pasting
+    kept = photo_crop(path, session, keep_pixels=False)
+    again = at_photo_scale(kept, session, result, face)
+    assert torch.equal(again.edited, edit.edited)
+    with pytest.raises(ValueError, match="without the photo's pixels"):
+        paste_full(again)

@@ -126,6 +126,22 @@ class Framing:
         return self.down_rows.to(images) @ images @ self.down_cols.to(images).T
 
 
+def flow_grid(flow: torch.Tensor, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+    """(B,h,w,2) grid_sample coordinates (align_corners=False) of the source positions of the pixels in
+    ``rows`` x ``cols`` (all by default) of a (B,2,S,S) ``flow`` (source position minus pixel centre, in
+    units of the side)."""
+    size = flow.shape[-1]
+    u = (torch.arange(size, dtype=flow.dtype, device=flow.device) + 0.5) / size
+    centres = torch.stack(torch.meshgrid(u[rows], u[cols], indexing="ij")[::-1], 0)[None]  # (1,2,h,w) x, y
+    return ((centres + flow[..., rows, cols]) * 2 - 1).permute(0, 2, 3, 1)
+
+
+def warp(images: torch.Tensor, flow: torch.Tensor, mode: str = "bicubic") -> torch.Tensor:
+    """(B,C,S,S) source-crop images carried along a (B,2,S,S) ``flow`` to the edited geometry (bicubic:
+    keeps the fine detail bilinear would halve)."""
+    return F.grid_sample(images, flow_grid(flow).to(images), mode=mode, padding_mode="border", align_corners=False)
+
+
 @dataclass
 class Correspondence:
     """Where each edited-crop pixel's content lies in the source crop, and how far to trust it."""
@@ -149,11 +165,7 @@ class Correspondence:
         return Correspondence(flow, confidence.clamp(0, 1), ratio, masks)
 
     def grid(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
-        """(B,h,w,2) grid_sample coordinates (align_corners=False) of the source positions of the pixels in
-        ``rows`` x ``cols`` (all by default)."""
-        u = (torch.arange(self.size, dtype=self.flow.dtype, device=self.flow.device) + 0.5) / self.size
-        centres = torch.stack(torch.meshgrid(u[rows], u[cols], indexing="ij")[::-1], 0)[None]  # (1,2,h,w) x, y
-        return ((centres + self.flow[..., rows, cols]) * 2 - 1).permute(0, 2, 3, 1)
+        return flow_grid(self.flow, rows, cols)
 
     def moving_window(self, size: int) -> tuple[slice, slice] | None:
         """Rows and columns (at ``size``) bounding the pixels whose content moved; None when none did."""
@@ -202,9 +214,10 @@ def surface_correspondence(face: MorphableModel, source: FaceParams, edited: Fac
 
     On the edited face, a pixel's triangle and barycentrics name a surface point; its position on the source
     mesh, projected, is where the photo saw it, if the source's z-buffer shows it there (within
-    DEPTH_TOLERANCE) and the triangle faced the camera. Off the edited face, a pixel keeps its position; it
-    is trusted where the source face did not cover it either and no face within MOTION_BAND of it moved
-    more than MOTION_LIMIT. ``source`` and ``edited`` are batches of B parameters fitted in the crop.
+    DEPTH_TOLERANCE) and the triangle faced the camera. Off the edited face, a hole in the mesh (eye,
+    mouth) moves with the face around it and open background keeps its position; either is trusted where the
+    source face did not cover what it shows, open background only where no face within MOTION_BAND of it
+    moved more than MOTION_LIMIT. ``source`` and ``edited`` are batches of B parameters fitted in the crop.
     """
     faces = face.faces
     geo_s, geo_e = face(source), face(edited)
@@ -242,14 +255,14 @@ def surface_correspondence(face: MorphableModel, source: FaceParams, edited: Fac
     on_e, on_s = frag_e.mask(), frag_s.mask()
     flow = frag_e.to_image(move)
     # Holes in the mesh (eyes, mouth) are enclosed by it: they move with the face around them (the mean
-    # flow of the face nearby). Open background keeps its place.
+    # flow of the face nearby). Open background keeps its place: beside a straight silhouette half the
+    # neighbourhood is face, in an eye most of it.
     density = _box_blur(on_e, max(1, round(HOLE_RADIUS * size)))
     enclosed = ((density - 0.5) / 0.2).clamp(0, 1) * (1 - on_e)
     flow = flow + enclosed * _box_blur(flow, max(1, round(HOLE_RADIUS * size))) / density.clamp_min(1e-6)
-    corr = Correspondence(flow, on_e, on_e, on_e)
     # off the face, trusted where the source face did not cover what the pixel shows, and, for open
     # background, where no face near it moved (hair moves with the head)
-    uncovered = 1 - warp(on_s, corr, "bilinear")
+    uncovered = 1 - warp(on_s, flow, "bilinear")
     moved = _max_filter(frag_e.to_image(move.norm(dim=-1, keepdim=True)), max(1, round(MOTION_BAND * size)))
     still = (1 - moved / MOTION_LIMIT).clamp(0, 1)
     off_face = (1 - on_e) * uncovered * (enclosed + (1 - enclosed) * still)
@@ -258,13 +271,6 @@ def surface_correspondence(face: MorphableModel, source: FaceParams, edited: Fac
     radius = max(1, round(SOFT_EDGE * size / 2))
     return Correspondence(flow, _box_blur(confidence, radius, 2).clamp(0, 1), _box_blur(ratio_img, radius, 2),
                           torch.cat([on_s, on_e], 1))
-
-
-def warp(images: torch.Tensor, correspondence: Correspondence, mode: str = "bicubic") -> torch.Tensor:
-    """(B,C,S,S) source-crop images carried to the edited geometry, at the correspondence's size (bicubic:
-    keeps the fine detail bilinear would halve)."""
-    return F.grid_sample(images, correspondence.grid().to(images), mode=mode, padding_mode="border",
-                         align_corners=False)
 
 
 @dataclass
