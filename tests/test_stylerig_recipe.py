@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from facerig.cli import build_parser
-from facerig.stylerig.recipe import Recipe, legacy_recipe, load_recipe
+from facerig.stylerig.recipe import Recipe, legacy_recipe, load_recipe, recipe_from_dict
 from facerig.stylerig.rig import MODES
 
 ROOT = Path(__file__).parents[1]
@@ -76,10 +76,6 @@ def test_an_empty_recipe_is_the_defaults_and_every_key_round_trips(tmp_path):
     (tmp_path / "empty.toml").write_text("")
     assert load_recipe(tmp_path / "empty.toml") == Recipe()
     recipe = load_recipe(CONFIGS / "celeba64-r3.toml")
-    import tomllib  # noqa: F401 (the format the files are read in)
-
-    from facerig.stylerig.recipe import recipe_from_dict
-
     assert recipe_from_dict(recipe.to_dict(), "again") == recipe
     assert recipe.rignet.weights_for("expression").edit == 40.0 and recipe.rignet.weights_for("light").edit == 1.0
     assert recipe.rignet.edit_targets_for("light") == 0.0
