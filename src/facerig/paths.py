@@ -25,7 +25,11 @@ def cache_dir() -> Path:
     return path
 
 
-def shipped_model(name: str = "diffusionrig-tiny-celeba64.safetensors") -> Path:
+# Each rig's default model in models/: what README's demo, `facerig personalize` and `facerig ui` open.
+DEFAULT_MODELS = {"diffusion": "diffusionrig-tiny-celeba64.safetensors", "stylerig": "stylerig-utk64"}
+
+
+def shipped_model(name: str = DEFAULT_MODELS["diffusion"]) -> Path:
     """A model file shipped in the checkout's ``models/`` folder (present for source and editable installs)."""
     path = Path(__file__).resolve().parents[2] / "models" / name
     if not path.exists():

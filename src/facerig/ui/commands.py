@@ -10,7 +10,8 @@ from facerig.runtime import add_runtime_arguments
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ui", help="the interactive rig in a local web page",
                               description="Serve the interactive rig on http://HOST:PORT (localhost by default).")
-    p.add_argument("--model", required=True, help="the rig's trained model (run folder, checkpoint or .pt)")
+    p.add_argument("--model", help="the rig's trained model (run folder, checkpoint or .pt; default: the rig's "
+                                    "shipped model in models/)")
     p.add_argument("--rig", default="diffusion", help="which rig generates the image (default diffusion)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only); any other needs the token printed "
@@ -30,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from facerig.ui.guard import new_token
     from facerig.ui.server import make_server
 
+    from facerig.paths import DEFAULT_MODELS, shipped_model
+
+    if args.model is None:
+        if args.rig not in DEFAULT_MODELS:
+            raise ValueError(f"--rig {args.rig}: no shipped model; give --model")
+        args.model = str(shipped_model(DEFAULT_MODELS[args.rig]))
     editor = load_editor(args.rig, args.model, args.device, args.album, args.precision)
     worker = TorchWorker()
     app = RigApp(editor, args.rig, worker, model=args.model)
