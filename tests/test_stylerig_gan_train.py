@@ -16,7 +16,8 @@ from facerig.stylerig import gan_train
 from facerig.stylerig.augment import diff_augment
 from facerig.stylerig.gan_data import load_images
 from facerig.stylerig.gan_train import GanTrainConfig, export_rosinality, load_generator, r1_penalty, train
-from facerig.stylerig.stylegan2 import Discriminator, load_rosinality
+from facerig.stylerig.rosinality import load_rosinality
+from facerig.stylerig.stylegan2 import Discriminator
 from facerig.weights import read_tensors
 
 TINY = dict(size=16, channel_base=256, channel_max=16, style_dim=16, n_mlp=2, batch_size=4, precision="fp32",

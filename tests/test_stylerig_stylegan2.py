@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import assert_close, shared_path
 
-from facerig.stylerig.stylegan2 import Discriminator, Generator, load_rosinality
+from facerig.stylerig.rosinality import load_rosinality
+from facerig.stylerig.stylegan2 import Discriminator, Generator
 
 SMALL_CHANNELS = {4: 32, 8: 32, 16: 32, 32: 16}
 

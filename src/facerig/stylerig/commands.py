@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Train a StyleGAN2 on a capture dataset folder or a folder of face images.")
     add_dataclass_arguments(p, GanTrainConfig)
     p.set_defaults(func=_gan_train)
-    e = sub.add_parser("export", help="write a run's G_ema as a rosinality .pt (stylegan2.load_rosinality)")
+    e = sub.add_parser("export", help="write a run's G_ema as a rosinality .pt (rosinality.load_rosinality)")
     e.add_argument("weights", help="run folder (latest checkpoint), checkpoint folder or generator .safetensors")
     e.add_argument("out", help="the .pt file to write")
     e.set_defaults(func=_gan_export)

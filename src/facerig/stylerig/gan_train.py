@@ -21,7 +21,7 @@ bit-identical to an uninterrupted one (same thread count). R1 and path length ar
                                   trainer.safetensors + trainer.json, rng.safetensors
 
 ``generator_io.load_generator`` reads a G_ema (or G) file, checkpoint or run folder; ``export_rosinality`` writes it as a
-rosinality ``.pt`` for ``stylegan2.load_rosinality``.
+rosinality ``.pt`` for ``rosinality.load_rosinality``.
 """
 
 from __future__ import annotations
