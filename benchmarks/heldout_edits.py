@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--no-invert-seeds", type=int, default=1, help="seeds per edit sampled from noise (0: none)")
     p.add_argument("--out", help="write each edit's images here (sheets for the note)")
+    p.add_argument("--rows", help="append each edit's figures to this JSON-lines file as they come")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     runtime.configure_threads(args.threads)
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                     row["edited_error"] = errors(ed, target, cols).get(key)
                     row["change"] = errors(ed, src_params, None)  # what moved, per parameter group
             rows.append(row)
+            if args.rows:
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(row) + "\n")
         print(f"{photo}: {len(results)} edits, {time.time() - t0:.0f} s", file=sys.stderr)
 
     summary: dict = {"model": args.model, "photos": len(args.photos), "steps": args.steps, "gap_closed": {},
