@@ -13,7 +13,8 @@ the change of the parameters it did not edit (re-captured edited vs re-captured 
 of a do-nothing edit (gate: <= 1.5). ``identity``: dlib embedding distance edited <-> source (median).
 ``face_rate``: the share of images in which dlib finds a face.
 
-    python benchmarks/heldout_edits.py --model MODEL --photos P1.jpg P2.jpg ... [--smile-photo S.jpg] [--out DIR]
+    python benchmarks/heldout_edits.py --model MODEL --photos P1.jpg P2.jpg ... [--smile-photo S.jpg] [--out DIR] [--rows R.jsonl]
+    python benchmarks/heldout_edits.py --summarize R.jsonl [R2.jsonl ...]
 """
 
 from __future__ import annotations
@@ -65,10 +66,36 @@ def errors(est: dict, target: dict, cols: list[int] | None) -> dict[str, float]:
     return {k: float(v[0]) for k, v in param_errors(est, target).items()}
 
 
+def summarize(rows: list[dict]) -> dict:
+    """Gap closed, drift ratios, identity and face rates over the per-edit rows (see the module docstring)."""
+    summary: dict = {"edits": len(rows), "gap_closed": {}, "drift_ratio": {}, "identity_median": {}, "face_rate": {}}
+    inv = [r for r in rows if r["invert"] and "edited_error" in r]
+    unedited = {"light_left": ("pose_rmse_deg", "expression_rmse"), "light_right": ("pose_rmse_deg", "expression_rmse"),
+                "yaw25": ("light_rmse", "expression_rmse"), "smile": ("light_rmse", "pose_rmse_deg"),
+                "expression_from": ("light_rmse", "pose_rmse_deg")}
+    none_change = {k: statistics.mean(r["change"][k] for r in inv if r["kind"] == "none") for k in
+                   ("light_rmse", "expression_rmse", "pose_rmse_deg")} if any(r["kind"] == "none" for r in inv) else {}
+    for kind in unedited:
+        sel = [r for r in inv if r["kind"] == kind and r["source_error"] and r["source_error"] > 0]
+        if sel:
+            summary["gap_closed"][kind] = 1 - sum(r["edited_error"] for r in sel) / sum(r["source_error"] for r in sel)
+            if none_change:
+                summary["drift_ratio"][kind] = {k: statistics.mean(r["change"][k] for r in sel) / max(none_change[k], 1e-9)
+                                                for k in unedited[kind]}
+    for inverted in (True, False):
+        sel = [r for r in rows if r["invert"] == inverted and r["kind"] != "none"]
+        ids = [r["identity"] for r in sel if np.isfinite(r["identity"])]
+        tag = "invert" if inverted else "noise"
+        summary["identity_median"][tag] = statistics.median(ids) if ids else None
+        summary["face_rate"][tag] = sum(r["face"] for r in sel) / len(sel) if sel else None
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--photos", nargs="+", required=True)
+    p.add_argument("--model")
+    p.add_argument("--photos", nargs="+")
+    p.add_argument("--summarize", nargs="+", metavar="ROWS", help="only summarize --rows files written before")
     p.add_argument("--smile-photo", help="a smiling photo for --expression-from")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--no-invert-seeds", type=int, default=1, help="seeds per edit sampled from noise (0: none)")
@@ -76,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", help="append each edit's figures to this JSON-lines file as they come")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    if args.summarize:
+        rows = [json.loads(ln) for f in args.summarize for ln in Path(f).read_text().splitlines() if ln.strip()]
+        print(json.dumps({"rows": args.summarize, "photos": len({r["photo"] for r in rows}), **summarize(rows)}))
+        return 0
+    if not (args.model and args.photos):
+        p.error("--model and --photos are required (unless --summarize)")
     runtime.configure_threads(args.threads)
     from facerig.eval.commands import capture_recapture
 
@@ -130,29 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(json.dumps(row) + "\n")
         print(f"{photo}: {len(results)} edits, {time.time() - t0:.0f} s", file=sys.stderr)
 
-    summary: dict = {"model": args.model, "photos": len(args.photos), "steps": args.steps, "gap_closed": {},
-                     "drift_ratio": {}, "identity_median": {}, "face_rate": {}}
-    inv = [r for r in rows if r["invert"] and "edited_error" in r]
-    unedited = {"light_left": ("pose_rmse_deg", "expression_rmse"), "light_right": ("pose_rmse_deg", "expression_rmse"),
-                "yaw25": ("light_rmse", "expression_rmse"), "smile": ("light_rmse", "pose_rmse_deg"),
-                "expression_from": ("light_rmse", "pose_rmse_deg")}
-    none_change = {k: statistics.mean(r["change"][k] for r in inv if r["kind"] == "none") for k in
-                   ("light_rmse", "expression_rmse", "pose_rmse_deg")} if any(r["kind"] == "none" for r in inv) else {}
-    for kind in specs:
-        if kind == "none":
-            continue
-        sel = [r for r in inv if r["kind"] == kind and r["source_error"] and r["source_error"] > 0]
-        if sel:
-            summary["gap_closed"][kind] = 1 - sum(r["edited_error"] for r in sel) / sum(r["source_error"] for r in sel)
-            if none_change:
-                summary["drift_ratio"][kind] = {k: statistics.mean(r["change"][k] for r in sel) / max(none_change[k], 1e-9)
-                                                for k in unedited[kind]}
-    for inverted in (True, False):
-        sel = [r for r in rows if r["invert"] == inverted and r["kind"] != "none"]
-        ids = [r["identity"] for r in sel if np.isfinite(r["identity"])]
-        tag = "invert" if inverted else "noise"
-        summary["identity_median"][tag] = statistics.median(ids) if ids else None
-        summary["face_rate"][tag] = sum(r["face"] for r in sel) / len(sel) if sel else None
+    summary = {"model": args.model, "photos": len(args.photos), "steps": args.steps, **summarize(rows)}
     summary["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(summary))
     return 0
