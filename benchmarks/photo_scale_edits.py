@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             photo_rows.append(row)
             sheet.append(np.concatenate([u8(full.source), u8(full.rig), u8(full.edited)], 1))
             print(f"{photo} {kind}: {json.dumps(row)}", file=sys.stderr)
-        Image.fromarray(np.concatenate(sheet, 0)).save(out / "sheets" / f"{Path(photo).stem}.jpg", quality=90)
+        Image.fromarray(np.concatenate(sheet, 0)).save(out / "sheets" / f"{Path(photo).stem}.png")
         with rows_path.open("a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in photo_rows))
         rows += photo_rows

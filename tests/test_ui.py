@@ -1,6 +1,7 @@
 """The interactive rig: the app logic directly, then the page in a real browser (Debian's chromium driven by
 playwright with the system browser; .ci/run installs it)."""
 
+import base64
 import io
 import shutil
 import threading
@@ -100,6 +101,10 @@ def test_edit_job_reports_progress_and_same_seed_same_result(app, uploaded):
     assert again["result"]["edited"] == first["result"]["edited"] != other["result"]["edited"]
     record = first["result"]["edit_json"]
     assert record["edit"]["yaw"] == 20.0 and record["model_face"] == app.editor.face.name
+    # the result comes back at the photo's own scale (FFHQ's 256 px photo is about its own crop)
+    size = Image.open(io.BytesIO(base64.b64decode(first["result"]["edited"].split(",", 1)[1]))).size
+    assert list(size) == record["sizes"]["edited"] == record["sizes"]["source"] and 256 <= size[0] <= 270
+    assert record["sizes"]["edited_rig"] == [64, 64]
     # the options as facerig edit records them: rig, model, and every option the rig declares
     assert record["options"] == {"rig": "diffusion", "model": str(MODEL), "steps": 3, "seed": 5, "invert": False,
                                  "refine": 1, "guidance": 1.0}

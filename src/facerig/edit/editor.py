@@ -148,6 +148,8 @@ class Session:
     params: FaceParams  # batch of one
     transform: torch.Tensor | None = None  # (3,3) aligned-pixel <- photo-pixel affine
     cache: SessionCache = field(default_factory=SessionCache)
+    # edit.photo_scale.PhotoCrop: the face cut at the photo's own scale, where a client keeps it for its edits
+    photo_crop: Any = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from facerig.edit import EditProgress, EditResult, EditSpec, Editor, Session, apply_edit, edit_record
+from facerig.edit.photo_scale import at_photo_scale, photo_crop
 from facerig.edit.spec import ROLES
 from facerig.face3d.light import split_light
 from facerig.face3d.rotation import axis_angle_to_euler
@@ -152,6 +153,8 @@ class RigApp:
                 session = self.editor.prepare(path, name=Path(filename).stem or "upload")
             except ValueError as exc:  # unreadable, too small or large, no face: the capture's own reason
                 raise UserError(str(exc).replace(str(path), filename)) from None
+            # results come back at the photo's own scale: its face is cut at that scale once, now
+            session.photo_crop = photo_crop(path, session, keep_pixels=False)
         if self.capabilities.projection:
             self.editor.project(session)  # once, now: every live preview edits its latent
         return self._add(session)
@@ -261,14 +264,20 @@ class RigApp:
         out = {"buffers": png_data_url(contact_sheet([row]))}
         if self.live:
             options = self.editor.check_options()
-            out.update(self._result(self.editor.edit(session, spec, targets, **options), spec, options))
+            out.update(self._result(self.editor.edit(session, spec, targets, **options), spec, options, session))
         return out
 
-    def _result(self, result: EditResult, spec: EditSpec, options: dict) -> dict:
-        """The edited and source images, and the edit.json ``facerig edit`` would write for this edit."""
-        record = edit_record(result, spec, self.editor.face, {"rig": self.rig, "model": self.model, **options})
-        return {"edited": png_data_url(to_uint8_image(result.edited, (-1, 1))),
-                "source": png_data_url(to_uint8_image(result.source, (-1, 1))), "edit_json": record}
+    def _result(self, result: EditResult, spec: EditSpec, options: dict, session: Session) -> dict:
+        """The edited and source images (at the photo's own scale for an uploaded photo; a face drawn from a
+        seed has only the rig's), and the edit.json ``facerig edit`` would write for this edit."""
+        rig = {"source": to_uint8_image(result.source, (-1, 1)), "edited": to_uint8_image(result.edited, (-1, 1))}
+        images = dict(rig)
+        if session.photo_crop is not None:
+            full = at_photo_scale(session.photo_crop, session, result, self.editor.face)
+            images = {"source": to_uint8_image(full.source), "edited": to_uint8_image(full.edited)}
+        sizes = {**{k: [v.shape[1], v.shape[0]] for k, v in images.items()}, "edited_rig": list(rig["edited"].shape[1::-1])}
+        record = edit_record(result, spec, self.editor.face, {"rig": self.rig, "model": self.model, **options}, sizes)
+        return {"edited": png_data_url(images["edited"]), "source": png_data_url(images["source"]), "edit_json": record}
 
     def start_edit(self, body: dict) -> dict:
         session = self._session(body.get("session"))
@@ -304,7 +313,7 @@ class RigApp:
         try:
             job.progress = {"stage": "starting", "index": 0, "total": 0}
             result = self.editor.edit(session, spec, targets, on_step=on_step, **options)
-            job.result = self._result(result, spec, options)
+            job.result = self._result(result, spec, options, session)
         except ValueError as exc:
             job.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported in the page; the server keeps serving
