@@ -84,9 +84,12 @@ def test_shipped_model_gives_its_recorded_outputs(name):
         assert got["values"] == pytest.approx(want["values"], abs=1e-4 * scale), (name, key)
 
 
-if __name__ == "__main__":  # python3 tests/test_shipped_models.py --record: only when a model is meant to change
-    if sys.argv[1:] != ["--record"]:
-        sys.exit("usage: python3 tests/test_shipped_models.py --record")
+if __name__ == "__main__":  # python3 tests/test_shipped_models.py --record [NAME ...]: only models meant to change
+    if sys.argv[1:2] != ["--record"]:
+        sys.exit("usage: python3 tests/test_shipped_models.py --record [NAME ...]   (default: every model)")
     torch.set_num_threads(1)
-    RECORD.write_text(json.dumps({name: shipped_outputs(name) for name in SHIPPED}, indent=1) + "\n")
-    print(f"wrote {RECORD}")
+    names = sys.argv[2:] or SHIPPED
+    recorded = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    recorded.update({name: shipped_outputs(name) for name in names})
+    RECORD.write_text(json.dumps(dict(sorted(recorded.items())), indent=1) + "\n")
+    print(f"wrote {RECORD}: {', '.join(names)}")

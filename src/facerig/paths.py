@@ -26,7 +26,7 @@ def cache_dir() -> Path:
 
 
 # Each rig's default model in models/: what README's demo, `facerig personalize` and `facerig ui` open.
-DEFAULT_MODELS = {"diffusion": "diffusionrig-tiny-celeba64.safetensors", "stylerig": "stylerig-utk64"}
+DEFAULT_MODELS = {"diffusion": "diffusionrig-tiny-celebawild64.safetensors", "stylerig": "stylerig-utk64"}
 
 
 def shipped_model(name: str = DEFAULT_MODELS["diffusion"]) -> Path:
