@@ -185,3 +185,23 @@ def test_page_in_a_real_browser(server, tmp_path):
             assert page.evaluate("fetch('/').then(r => r.status)") == 200  # still serving
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("rig", ["diffusion", "stylerig"])
+def test_ui_without_model_opens_the_rigs_shipped_model(rig, monkeypatch):
+    """`facerig ui` with no --model serves the rig's default model from models/ (what README's demo uses)."""
+    import facerig.edit.editor as editor_mod
+    from facerig.cli import main
+    from facerig.paths import DEFAULT_MODELS, shipped_model
+
+    opened = []
+
+    def stop_here(rig_name, model, *args, **kwargs):
+        opened.append((rig_name, model))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(editor_mod, "load_editor", stop_here)
+    with pytest.raises(SystemExit):
+        main(["ui", "--rig", rig])
+    assert opened == [(rig, str(shipped_model(DEFAULT_MODELS[rig])))]
+    assert Path(opened[0][1]).exists()
