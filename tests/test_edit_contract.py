@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"diffusion": ROOT / "models" / "diffusionrig-tiny-celeba64.safetensors", "stylerig": ROOT / "models" / "stylerig-utk64"}
-EDIT_JSON_FIELDS = {"edit", "options", "model_face", "source_params", "target_params"}
+EDIT_JSON_FIELDS = {"edit", "options", "model_face", "source_params", "target_params", "sizes"}
 ALL_OPTIONS = {o.name for rig in RIGS for o in editor_class(rig).contract.options}
 
 
@@ -101,6 +101,7 @@ def test_each_rig_reports_only_its_declared_stages_and_writes_the_common_edit_js
     recorded = {"rig": contract.rig, "model": str(MODELS[contract.rig]), **resolved}
     record = json.loads((write_edit(tmp_path / "edit", result, spec, editor.face, recorded) / "edit.json").read_text())
     assert set(record) == EDIT_JSON_FIELDS and set(record["options"]) == {"rig", "model", *resolved}
+    assert {"source", "edited"} <= set(record["sizes"])
     params = {f for f in FaceParams.__dataclass_fields__}
     assert set(record["source_params"]) == set(record["target_params"]) == params
 
@@ -129,7 +130,10 @@ def test_the_ui_offers_the_very_edit_json_facerig_edit_writes(editor, photo, tmp
             time.sleep(0.05)
     finally:
         worker.stop()
-    assert state["error"] is None and json.loads(json.dumps(state["result"]["edit_json"])) == record
+    assert state["error"] is None
+    served = json.loads(json.dumps(state["result"]["edit_json"]))
+    # the UI serves the result at the uploaded photo's scale, write_edit here got the rig's: only sizes differ
+    assert set(served.pop("sizes")) == set(record.pop("sizes")) and served == record
     assert state["progress"]["stage"] in {s.value for s in contract.stages}
 
 
