@@ -109,6 +109,7 @@ def test_no_edit_round_trip_returns_the_photo(sphere, frame):
     corr = surface_correspondence(model, params, params.clone(), 256)
     out = compose(crop, seen, seen.clone(), corr, frame)
     assert out.image.shape == (1, 3, 512, 512) and out.rig.shape == (1, 3, 512, 512)
+    assert out.image.dtype == out.confidence.dtype == crop.dtype
     assert (out.image - crop).abs().max() < 1e-4
 
 

@@ -303,6 +303,7 @@ def compose(crop: torch.Tensor, rig_source: torch.Tensor, rig_edited: torch.Tens
                                                  padding_mode="border", align_corners=False)
     x = rig + corr.confidence * (corr.ratio * carried - rig)
     out = x + framing.up(made - seen + framing.down(crop) - framing.down(x))
+    cover = framing.cover.to(crop)
     if tuple(frame) != FULL_FRAME:  # the rig's frame does not cover the whole crop (StyleRig): the photo there
-        out = framing.cover * out + (1 - framing.cover) * crop
-    return FullResolution(out.clamp(0, 1), rig.clamp(0, 1), corr.confidence * framing.cover)
+        out = cover * out + (1 - cover) * crop
+    return FullResolution(out.clamp(0, 1), rig.clamp(0, 1), corr.confidence * cover)
